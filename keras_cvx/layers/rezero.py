@@ -1,0 +1,173 @@
+"""ReZero residual gate and the ReZero Transformer encoder layer.
+
+Paper: "ReZero is All You Need: Fast Convergence at Large Depth", T. Bachlechner,
+B. P. Majumder, H. H. Mao, G. W. Cottrell, J. McAuley, arXiv 2003.04887 (UAI 2021).
+
+Equation: x_{i+1} = x_i + α_i · F_i(x_i), one scalar α_i per layer, initialised to 0, so every
+layer (and the whole stack) is exactly the identity at initialisation. No normalisation on the
+residual path. The encoder layer follows the official ``RZTXEncoderLayer`` (majumderb/rezero):
+one α shared by the attention and the feed-forward sublayers, no LayerNorm.
+"""
+
+import keras
+from keras import ops
+
+from keras_cvx.validation import require_positive_int, require_unit_interval
+
+
+@keras.saving.register_keras_serializable(package="keras_cvx")
+class ReZero(keras.layers.Layer):
+    """``y = x + α · F(x)`` with a trainable scalar ``α`` that starts at exactly 0.
+
+    Args:
+        layer: the residual branch ``F`` (a Keras layer or model whose output shape equals
+            its input shape).
+        alpha_initializer: initial value of ``α``; the method is defined with ``"zeros"``.
+
+    Shapes: any ``(B, ..., D)`` in, the same shape out. ``α`` is stored in float32 under
+    every dtype policy (spec §6.6).
+    """
+
+    def __init__(self, layer, alpha_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(f"`layer` must be a keras.layers.Layer, got {layer!r}.")
+        self.layer = layer
+        self.alpha_initializer = keras.initializers.get(alpha_initializer)
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        branch_shape = tuple(self.layer.compute_output_shape(input_shape))
+        if tuple(branch_shape[1:]) != tuple(input_shape[1:]):
+            raise ValueError(
+                f"`layer` must keep the shape of its input for a residual sum; it maps "
+                f"{tuple(input_shape)} to {branch_shape}."
+            )
+        self.alpha = self.add_weight(name="alpha", shape=(), initializer=self.alpha_initializer, dtype="float32")
+
+    def call(self, inputs, training=None):
+        branch = self.layer(inputs, training=training)
+        return inputs + ops.cast(self.alpha, branch.dtype) * branch
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            layer=keras.saving.serialize_keras_object(self.layer),
+            alpha_initializer=keras.initializers.serialize(self.alpha_initializer),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_cvx")
+class ReZeroTransformerEncoder(keras.layers.Layer):
+    """One ReZero Transformer encoder layer (official ``RZTXEncoderLayer``), no LayerNorm.
+
+    ::
+
+        a   = MultiHeadSelfAttention(x)                 (attention dropout = `dropout`)
+        h   = x + Dropout(α · a)
+        f   = Dense_{d_ff→d}(Dropout(act(Dense_{d→d_ff}(h))))
+        out = h + Dropout(α · f)
+
+    with one scalar ``α`` (init 0) shared by both sublayers, so a fresh layer is the identity.
+
+    Args:
+        num_heads: attention heads; the model width ``d`` must be divisible by it.
+        feedforward_dim: ``d_ff`` (2048 in the reference code).
+        dropout: dropout rate of the attention weights and of both residual branches.
+        activation: the feed-forward activation (``"relu"`` or ``"gelu"`` in the reference).
+        kernel_initializer: initializer of all projection matrices (the authors' examples use
+            Xavier-uniform, i.e. ``"glorot_uniform"``).
+
+    Call arguments:
+        inputs: ``(B, L, d)``.
+        padding_mask: optional ``(B, L)``, 1/True for real tokens, 0/False for padding keys.
+        attention_mask: optional ``(B, L, L)``, 1/True where query ``i`` may attend key ``j``.
+
+    Output: ``(B, L, d)``.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        feedforward_dim=2048,
+        dropout=0.1,
+        activation="relu",
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = require_positive_int("num_heads", num_heads)
+        self.feedforward_dim = require_positive_int("feedforward_dim", feedforward_dim)
+        self.dropout = require_unit_interval("dropout", dropout)
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(f"`inputs` must have shape (batch, length, width), got {tuple(input_shape)}.")
+        width = int(input_shape[-1])
+        if width % self.num_heads:
+            raise ValueError(f"`num_heads`={self.num_heads} must divide the model width {width}.")
+        self.attention = keras.layers.MultiHeadAttention(
+            num_heads=self.num_heads,
+            key_dim=width // self.num_heads,
+            dropout=self.dropout,
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="self_attention",
+        )
+        self.attention.build(input_shape, input_shape)
+        self.feedforward_in = keras.layers.Dense(
+            self.feedforward_dim, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="ff_in"
+        )
+        self.feedforward_in.build(input_shape)
+        self.feedforward_out = keras.layers.Dense(
+            width, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="ff_out"
+        )
+        self.feedforward_out.build(tuple(input_shape[:-1]) + (self.feedforward_dim,))
+        self.residual_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros", dtype="float32")
+
+    def call(self, inputs, padding_mask=None, attention_mask=None, training=None):
+        mask = _combine_masks(padding_mask, attention_mask)
+        alpha = ops.cast(self.alpha, inputs.dtype)
+        attended = self.attention(inputs, inputs, attention_mask=mask, training=training)
+        hidden = inputs + self.residual_dropout(alpha * attended, training=training)
+        expanded = self.residual_dropout(self.activation(self.feedforward_in(hidden)), training=training)
+        return hidden + self.residual_dropout(alpha * self.feedforward_out(expanded), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            feedforward_dim=self.feedforward_dim,
+            dropout=self.dropout,
+            activation=keras.activations.serialize(self.activation),
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
+
+
+def _combine_masks(padding_mask, attention_mask):
+    """(B, L) key padding mask and (B, L, L) attention mask -> one boolean (B, L, L) or None."""
+    mask = None
+    if padding_mask is not None:
+        mask = ops.cast(padding_mask, "bool")[:, None, :]
+    if attention_mask is not None:
+        attention_mask = ops.cast(attention_mask, "bool")
+        mask = attention_mask if mask is None else ops.logical_and(mask, attention_mask)
+    return mask
