@@ -47,8 +47,8 @@ class ReZero(keras.layers.Layer):
         self.alpha = self.add_weight(name="alpha", shape=(), initializer=self.alpha_initializer, dtype="float32")
 
     def call(self, inputs, training=None):
-        branch = self.layer(inputs, training=training)
-        return inputs + ops.cast(self.alpha, branch.dtype) * branch
+        branch = ops.cast(self.layer(inputs, training=training), inputs.dtype)
+        return inputs + ops.cast(self.alpha, inputs.dtype) * branch
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
