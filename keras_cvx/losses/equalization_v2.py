@@ -1,0 +1,130 @@
+"""Equalization Loss v2 (gradient-guided re-weighting), as a layer that owns its statistics.
+
+Paper: "Equalization Loss v2: A New Gradient Balance Approach for Long-tailed Object
+Detection", J. Tan, X. Lu, G. Zhang, C. Yin, Q. Li, CVPR 2021, arXiv 2012.08548 (extension of
+"Equalization Loss for Long-Tailed Object Recognition", arXiv 2003.05176). Equations as in the
+official ``tztztztztz/eqlv2`` ``EQLv2`` (spec ``eql.md`` §7):
+
+    logits z [R, C+1] (last column = background), one-hot targets Y [R, C+1]
+    g_j      = pos_grad_j / (neg_grad_j + 1e-10)        (accumulated; 100 before any update)
+    neg_w_j  = σ(γ (g_j − μ)),   pos_w_j = 1 + α (1 − neg_w_j),   background column: 1
+    W        = pos_w Y + neg_w (1 − Y)                   (constants)
+    L        = Σ_{r,j} W_rj BCE(z_rj, Y_rj) / R
+    after the loss (training only, detached):
+        pos_grad_j += Σ_r |p_rj − 1| Y_rj W_rj,   neg_grad_j += Σ_r p_rj (1 − Y_rj) W_rj,   p = σ(z)
+
+``|∂BCE/∂z|`` is ``|p − y|``, so these are the gradient magnitudes of the reference's backward
+hook, computed in the forward pass (same numbers, no hook).
+
+Why a layer and not a ``keras.losses.Loss``: the statistics are state that must be saved with
+the model; a ``Loss`` has no tracked variables. Put it in the model (e.g. as an attribute of
+the detector) and call it from ``compute_loss``; its three non-trainable variables are then
+saved in ``.keras`` files and checkpoints and updated inside compiled steps (TF and JAX).
+
+Output: per-RoI values [R] whose mean is L (each valid row's Σ_j W BCE is scaled by
+R / #valid; label −1 marks padding rows, which give 0 and are not counted and not collected).
+
+Cross-replica reduction: ``pos_grad`` and ``neg_grad`` are ``keras.Variable`` with
+``synchronization="on_read"`` and ``aggregation="sum"``. Under a ``tf.distribute`` strategy each
+replica adds its own RoIs' statistics locally (no collective inside the XLA-compiled step);
+every cross-replica read (saving, checkpoints, ``get_weights``, ``statistics()``) returns the
+sum over replicas, i.e. the all-reduced statistics of the reference. Deviation: inside a step a
+replica weights its loss with its own accumulated statistics, whose ratio g estimates the global
+one (each replica sees an i.i.d. shard); the reference all-reduces every step. The ratio
+``g`` is an ``on_read``/``"mean"`` variable. Without a strategy (and under JAX) these are
+ordinary variables.
+"""
+
+import keras
+from keras import ops
+
+from keras_cvx.losses.circle import mean_over_valid_rows
+from keras_cvx.validation import require_positive, require_positive_int
+
+INITIAL_RATIO = 100.0
+
+
+@keras.saving.register_keras_serializable(package="keras_cvx")
+class EqualizationLossV2(keras.layers.Layer):
+    """EQL v2 loss layer: ``loss_per_roi = layer(logits, labels, training=...)``.
+
+    Args:
+        num_classes: foreground classes ``C`` (the logits have ``C + 1`` columns).
+        gamma: ``γ`` of the weight mapping (12).
+        mu: ``μ`` of the weight mapping (0.8).
+        alpha: ``α`` of the positive weight (4).
+
+    Call: ``logits`` [R, C+1], ``labels`` [R] integer in ``{-1, 0..C-1, C (background)}``;
+    ``training=True`` updates the statistics after computing the loss. Returns float32 [R];
+    ``ops.mean`` of it is the loss.
+    """
+
+    def __init__(self, num_classes, gamma=12.0, mu=0.8, alpha=4.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = require_positive_int("num_classes", num_classes)
+        self.gamma = require_positive("gamma", gamma)
+        self.mu = float(mu)
+        self.alpha = float(alpha)
+        if self.alpha < 0:
+            raise ValueError(f"`alpha` must be >= 0, got {alpha!r}.")
+
+    def build(self, logits_shape, labels_shape=None):
+        if logits_shape[-1] is not None and logits_shape[-1] != self.num_classes + 1:
+            raise ValueError(
+                f"`logits` must have num_classes + 1 = {self.num_classes + 1} columns, got {tuple(logits_shape)}."
+            )
+
+        def statistic(name, value, aggregation):
+            return keras.Variable(
+                initializer=keras.initializers.Constant(value),
+                shape=(self.num_classes,),
+                dtype="float32",
+                trainable=False,
+                aggregation=aggregation,
+                synchronization="on_read",
+                name=name,
+            )
+
+        self.pos_grad = statistic("pos_grad", 0.0, "sum")
+        self.neg_grad = statistic("neg_grad", 0.0, "sum")
+        self.pos_neg_ratio = statistic("pos_neg_ratio", INITIAL_RATIO, "mean")
+
+    def class_weights(self):
+        """``(pos_w, neg_w)`` [C] from the current statistics."""
+        neg_w = ops.sigmoid(self.gamma * (ops.convert_to_tensor(self.pos_neg_ratio) - self.mu))
+        return 1.0 + self.alpha * (1.0 - neg_w), neg_w
+
+    def statistics(self):
+        """Accumulated ``pos_grad``, ``neg_grad`` and ratio ``g`` as NumPy arrays."""
+        return {name: ops.convert_to_numpy(v) for name, v in
+                (("pos_grad", self.pos_grad), ("neg_grad", self.neg_grad), ("pos_neg_ratio", self.pos_neg_ratio))}
+
+    def call(self, logits, labels, training=None):
+        logits = ops.cast(logits, "float32")
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        valid = labels >= 0
+        targets = ops.one_hot(ops.maximum(labels, 0), self.num_classes + 1)
+        pos_w, neg_w = self.class_weights()
+        ones = ops.ones((1,), "float32")
+        pos_w, neg_w = ops.concatenate([pos_w, ones])[None, :], ops.concatenate([neg_w, ones])[None, :]
+        weights = ops.stop_gradient(pos_w * targets + neg_w * (1.0 - targets))
+        bce = ops.relu(logits) - logits * targets + ops.log1p(ops.exp(-ops.abs(logits)))
+        losses = mean_over_valid_rows(ops.sum(weights * bce, axis=-1), valid)
+        if training:
+            self._collect(ops.stop_gradient(ops.sigmoid(logits)), targets, weights, valid)
+        return losses
+
+    def _collect(self, probabilities, targets, weights, valid):
+        row = ops.cast(valid, "float32")[:, None]
+        probabilities, targets, weights = (t[:, : self.num_classes] for t in (probabilities, targets, weights))
+        self.pos_grad.assign_add(ops.sum(ops.abs(probabilities - 1.0) * targets * weights * row, axis=0))
+        self.neg_grad.assign_add(ops.sum(probabilities * (1.0 - targets) * weights * row, axis=0))
+        self.pos_neg_ratio.assign(ops.convert_to_tensor(self.pos_grad) / (ops.convert_to_tensor(self.neg_grad) + 1e-10))
+
+    def compute_output_shape(self, logits_shape, labels_shape=None):
+        return (logits_shape[0],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, gamma=self.gamma, mu=self.mu, alpha=self.alpha)
+        return config
