@@ -224,20 +224,26 @@ class Trainer:
         steps = require_positive_int("steps", steps)
         global_batch = self._global_batch_size(dataset)
         self._build(dataset)
-        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+        distributed = self.strategy.experimental_distribute_dataset(dataset)
+        # The default strategy hands back the dataset itself, whose iterator is trackable;
+        # the iterators of distributed datasets are not and are rebuilt after restoring.
+        iterator_saved = isinstance(distributed, tf.data.Dataset)
+        iterator = iter(distributed) if iterator_saved else None
         checkpoint = None
         if self.model_dir is not None:
             trackables = dict(
                 model=self.model, optimizer=self.optimizer, step=self.step, skipped_steps=self.skipped_steps
             )
-            iterator_saved = isinstance(iterator, tf.__internal__.tracking.Trackable)
             if iterator_saved:
                 trackables["iterator"] = iterator
             checkpoint = TrainingCheckpoint(self.model_dir, self.strategy, self.max_checkpoints, **trackables)
-            if self.resume and checkpoint.restore_latest() and not iterator_saved:
-                # Distributed iterators are not trackable: replay the input up to the step.
-                skipped_input = dataset.skip(int(self.step.numpy()))
-                iterator = iter(self.strategy.experimental_distribute_dataset(skipped_input))
+            if self.resume:
+                checkpoint.restore_latest()
+        if iterator is None:
+            # Replays the input up to the restored step (one iterator only: a seeded
+            # reshuffling pipeline advances its seed with every iterator made from it).
+            start = int(self.step.numpy())
+            iterator = iter(self.strategy.experimental_distribute_dataset(dataset.skip(start) if start else dataset))
         writer = ScalarWriter(self.model_dir, enabled=self.is_chief)
         progress = TrainingProgress(steps, global_batch, verbose=self.verbose if self.is_chief else 0)
         step = int(self.step.numpy())
