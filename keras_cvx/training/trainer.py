@@ -17,7 +17,10 @@ Loss scaling for global-batch semantics: ``compute_loss`` returns the loss avera
 the replica's examples; the trainer multiplies it by ``1 / num_replicas_in_sync``, so the
 SUM all-reduce of losses and gradients is the mean over the global batch. This needs equal
 per-replica batches: batch the dataset with the global batch size and
-``drop_remainder=True``. Note: Keras ``Loss`` objects with the default
+``drop_remainder=True``. Losses normalised by a per-replica count (detectors divide by
+their positives) give the mean of the replicas' normalised losses, not a loss normalised
+by the global count (as Detectron2 and TF Model Garden without a cross-replica sum of
+positives); 1 device and N replicas agree exactly only for per-example means. Note: Keras ``Loss`` objects with the default
 ``"sum_over_batch_size"`` reduction already divide by ``num_replicas_in_sync`` under a
 strategy (``keras.losses.loss.scale_loss_for_distribution``); models must not use them
 inside ``compute_loss`` (use ``reduction="sum"`` and divide by the count, or ``keras.ops``).
@@ -191,6 +194,11 @@ class Trainer:
     def _build(self, dataset):
         x_spec = dataset.element_spec[0]
         if not self.model.built:
+            if any(None in s.shape.as_list()[1:] for s in tf.nest.flatten(x_spec)):
+                raise ValueError(
+                    f"`model` is not built and the dataset's inputs {x_spec} have unknown "
+                    "dimensions: call the model once on a batch before `fit`."
+                )
             dummy = tf.nest.map_structure(lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), x_spec)
             with self.strategy.scope():
                 self.model(dummy)

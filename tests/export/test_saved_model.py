@@ -23,7 +23,8 @@ TOP_K = 5
 @keras.saving.register_keras_serializable(package="keras_cvx_tests")
 class ToyDetector(keras.Model):
     """4x4 grid of 8x8 cell boxes; per-cell scores for 2 classes from a strided conv; the
-    top-5 cells are the detections, those with score <= 0.5 are padding (class -1)."""
+    top-5 cells are the detections, those with score <= 0.5 are padding (class -1).
+    ``compute_loss`` takes the detector target contract (``boxes``, ``labels`` with -1)."""
 
     def __init__(self, with_masks=False, **kwargs):
         super().__init__(**kwargs)
@@ -35,6 +36,22 @@ class ToyDetector(keras.Model):
 
     def call(self, images, training=False):
         return self.head(images / 255.0)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Sigmoid cross-entropy of each cell and class against "the cell centre lies in a
+        ground-truth box of that class", summed and divided by the replica's positives."""
+        logits = ops.reshape(ops.cast(y_pred, "float32"), (-1, 16, 2))
+        centres = (self.cells[:, :2] + self.cells[:, 2:]) / 2.0
+        boxes, labels = y["boxes"], y["labels"]
+        cx, cy = centres[None, :, None, 0], centres[None, :, None, 1]
+        inside = (
+            (cx > boxes[:, None, :, 0]) & (cx < boxes[:, None, :, 2])
+            & (cy > boxes[:, None, :, 1]) & (cy < boxes[:, None, :, 3]) & (labels[:, None, :] >= 0)
+        )
+        one_hot = ops.one_hot(ops.maximum(labels, 0), 2)
+        target = ops.max(ops.cast(inside, "float32")[..., None] * one_hot[:, None], axis=2)
+        bce = ops.binary_crossentropy(target, logits, from_logits=True)
+        return ops.sum(bce) / ops.maximum(ops.sum(target), 1.0)
 
     def predict_step(self, images):
         logits = ops.reshape(self(images), (-1, 16, 2))

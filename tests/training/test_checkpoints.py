@@ -74,6 +74,9 @@ def test_sigkill_then_same_command_resumes_to_same_weights(tmp_path, extra):
                 proc.send_signal(signal.SIGKILL)
                 break
         proc.wait(timeout=120)
+    except BaseException:
+        reference.kill()
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
