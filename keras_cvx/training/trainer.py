@@ -135,19 +135,20 @@ class Trainer:
     def _loss_scaled(self):
         return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
 
-    def _forward_backward_fn(self, x, y):
+    def _forward_backward_fn(self, x, y, sample_weight):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=True)
-            loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             loss = tf.cast(loss, tf.float32) / self.strategy.num_replicas_in_sync
             scaled = self.optimizer.scale_loss(loss) if self._loss_scaled else loss
         grads = tape.gradient(scaled, variables)
+        # a variable the loss does not reach gets a zero gradient (it still sees weight decay)
         grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
         return loss, grads
 
-    def _replica_step(self, x, y):
-        loss, grads = self._forward_backward(x, y)
+    def _replica_step(self, x, y, sample_weight):
+        loss, grads = self._forward_backward(x, y, sample_weight)
         context = tf.distribute.get_replica_context()
         loss, grads = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, grads])
         grads = [tf.cast(g, tf.float32) for g in grads]
@@ -186,8 +187,8 @@ class Trainer:
             self.optimizer.apply(grads, variables)
 
     def _train_step_fn(self, iterator):
-        x, y = next(iterator)[:2]
-        loss = self.strategy.run(self._replica_step, args=(x, y))
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(iterator))
+        loss = self.strategy.run(self._replica_step, args=(x, y, sample_weight))
         self.step.assign_add(1)
         return self.strategy.experimental_local_results(loss)[0]
 
@@ -221,7 +222,8 @@ class Trainer:
         """Trains until the training step reaches ``steps`` (resuming from ``model_dir``).
 
         Args:
-            dataset: a ``tf.data.Dataset`` of ``(x, y)`` batched with the global batch size
+            dataset: a ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)``
+                batched with the global batch size
                 (static, divisible by the replica count); repeat it for long runs.
             steps: the step the run ends at.
 
@@ -256,9 +258,10 @@ class Trainer:
         progress = TrainingProgress(steps, global_batch, verbose=self.verbose if self.is_chief else 0)
         step = int(self.step.numpy())
         progress.images_per_second(step)
-        results = {"step": step, "loss": float("nan"), "skipped_steps": int(self.skipped_steps.numpy())}
+        loss = tf.constant(float("nan"))
+        results = {}
         while step < steps:
-            loss = self._train_step(iterator)
+            loss = self._train_step(iterator)  # host syncs only at log/checkpoint/eval steps
             step += 1
             last = step == steps
             if step % self.log_every == 0 or last:
@@ -272,7 +275,6 @@ class Trainer:
                     scalars["loss_scale"] = float(self.optimizer.dynamic_scale.numpy())
                 writer.write(step, scalars)
                 progress.update(step, scalars)
-            results.update(step=step, loss=float(loss), skipped_steps=int(self.skipped_steps.numpy()))
             if checkpoint is not None and (step % self.checkpoint_every == 0 or last):
                 checkpoint.save(step)
             if self.eval_fn is not None and ((self.eval_every and step % self.eval_every == 0) or last):
@@ -280,4 +282,5 @@ class Trainer:
                 writer.write(step, evaluation, prefix="eval/")
                 progress.update(step, evaluation)
                 results.update(evaluation)
+        results.update(step=step, loss=float(loss), skipped_steps=int(self.skipped_steps.numpy()))
         return results

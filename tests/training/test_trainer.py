@@ -22,7 +22,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 @keras.saving.register_keras_serializable(package="keras_cvx_tests")
 class ToyClassifier(keras.Model):
-    """Conv -> global pool -> dense; ``compute_loss`` is the replica-mean cross-entropy."""
+    """Conv -> global pool -> dense; ``compute_loss`` is the replica-mean cross-entropy
+    (weighted mean with ``sample_weight``)."""
 
     def __init__(self, classes=3, **kwargs):
         super().__init__(**kwargs)
@@ -35,7 +36,10 @@ class ToyClassifier(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         logp = ops.log_softmax(ops.cast(y_pred, "float32"))
-        return -ops.mean(ops.take_along_axis(logp, ops.expand_dims(y, -1), axis=-1))
+        nll = -ops.take_along_axis(logp, ops.expand_dims(y, -1), axis=-1)[:, 0]
+        if sample_weight is None:
+            return ops.mean(nll)
+        return ops.sum(nll * sample_weight) / ops.sum(sample_weight)
 
 
 def toy_data(batch=8, seed=0, size=16):
@@ -290,6 +294,17 @@ def test_toy_detector_with_dict_targets_trains_and_xla_agrees():
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_weights_reach_compute_loss():
+    x, y = toy_data(8)
+    weights = np.array([1, 1, 1, 1, 0, 0, 0, 0], "float32")
+    losses = []
+    for dataset in (tf.data.Dataset.from_tensors((x, y, weights)), tf.data.Dataset.from_tensors((x[:4], y[:4]))):
+        keras.utils.set_random_seed(1)
+        model = make_model(x)
+        losses.append(Trainer(model, keras.optimizers.SGD(0.1), verbose=0).fit(dataset, 1)["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
 def test_rejects_dataset_without_static_batch_and_bad_arguments():
