@@ -20,10 +20,12 @@ per-replica batches: batch the dataset with the global batch size and
 ``drop_remainder=True``. Losses normalised by a per-replica count (detectors divide by
 their positives) give the mean of the replicas' normalised losses, not a loss normalised
 by the global count (as Detectron2 and TF Model Garden without a cross-replica sum of
-positives); 1 device and N replicas agree exactly only for per-example means. Note: Keras ``Loss`` objects with the default
-``"sum_over_batch_size"`` reduction already divide by ``num_replicas_in_sync`` under a
-strategy (``keras.losses.loss.scale_loss_for_distribution``); models must not use them
-inside ``compute_loss`` (use ``reduction="sum"`` and divide by the count, or ``keras.ops``).
+positives); 1 device and N replicas agree exactly only for per-example means.
+
+Keras ``Loss`` objects with the default ``"sum_over_batch_size"`` reduction already divide
+by ``num_replicas_in_sync`` under a strategy (``scale_loss_for_distribution``); models must
+not use them inside ``compute_loss`` (use ``reduction="sum"`` and divide by the count, or
+``keras.ops``), or the loss is divided twice.
 
 Keras 3 optimizers under ``tf.distribute``: ``optimizer.apply`` called in replica context
 all-reduces (SUM) the gradients it is given before the update, and ``maybe_merge_call``
@@ -63,7 +65,7 @@ class Trainer:
     """Trains ``model`` with ``optimizer`` under ``strategy``.
 
     Create the model and the optimizer inside ``strategy.scope()`` (after setting the dtype
-    policy). The model is built on the first batch if it is not built yet.
+    policy). An unbuilt model is built on zeros shaped like one example of the dataset.
 
     Args:
         model: a ``keras.Model`` implementing ``compute_loss(x, y, y_pred, training=True)``.
@@ -76,8 +78,9 @@ class Trainer:
         checkpoint_every: save a checkpoint every this many steps (and at the end).
         max_checkpoints: checkpoints kept.
         resume: restore the newest checkpoint of ``model_dir`` before training.
-        eval_fn: ``callable(model, step) -> dict`` of numbers, run every ``eval_every`` steps
-            (and at the end); the numbers go to the progress bar and TensorBoard (``eval/``).
+        eval_fn: ``callable(model, step) -> dict`` of numbers, run on every worker every
+            ``eval_every`` steps (and at the end); the numbers go to the progress bar and
+            TensorBoard (``eval/``).
         eval_every: see ``eval_fn``.
         log_every: update the progress bar and TensorBoard every this many steps.
         verbose: 0 silent, 1 progress bar, 2 one line per update.

@@ -67,7 +67,9 @@ def test_sigkill_then_same_command_resumes_to_same_weights(tmp_path, extra):
     command = _command(tmp_path, killed_dir, extra, sleep=0.25)
     reference = subprocess.Popen(_command(tmp_path, reference_dir, extra, sleep=0), cwd=tmp_path, env=_env(),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         for line in proc.stdout:
             if line.strip() == "step 7":  # ckpt-6 is written before step 6's evaluation hook
