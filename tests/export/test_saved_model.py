@@ -202,3 +202,38 @@ def test_pixel_coordinates_option_and_argument_checks(tmp_path):
         export_saved_model(model, str(tmp_path / "bad"), (32, 0))
     with pytest.raises(ValueError, match="built"):
         export_saved_model(ToyDetector(), str(tmp_path / "unbuilt"), SIZE)
+
+
+def test_mixed_float16_export_outputs_float32(tmp_path):
+    keras.config.set_dtype_policy("mixed_float16")
+    model = make_detector()
+    path = export_saved_model(model, str(tmp_path / "f16"), SIZE)
+    images = _images((2, 40, 30, 3), 7)
+    outputs = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    assert {outputs[k].dtype for k in ("detection_boxes", "detection_scores", "detection_classes")} == {tf.float32}
+    reference = expected(model, images)
+    np.testing.assert_allclose(outputs["detection_scores"].numpy(), reference["detection_scores"], atol=1e-3)
+    np.testing.assert_array_equal(outputs["num_detections"].numpy(), reference["num_detections"])
+
+
+def test_export_of_model_built_under_mirrored_strategy(tmp_path):
+    from tests.training.test_trainer import run_python
+
+    out = run_python(
+        f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import numpy as np
+        from tests.export.test_saved_model import check, expected, make_detector
+        from keras_cvx.export.saved_model import export_saved_model
+        with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+            model = make_detector()
+        path = export_saved_model(model, {str(tmp_path / "mirrored")!r}, (32, 32))
+        images = np.random.default_rng(0).integers(0, 256, (2, 40, 30, 3)).astype("uint8")
+        check(tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images)),
+              expected(model, images))
+        print("matches")
+        """
+    )
+    assert out.strip().splitlines()[-1] == "matches"
