@@ -1,0 +1,53 @@
+"""Fixed-size balanced sampling of anchors/proposals for the loss (Faster R-CNN,
+arXiv 1506.01497 §3.1.3; used by the RPN and the TSD box head, arXiv 2003.07540 §4).
+
+Per image, from ``labels`` (1 positive, 0 negative, -1 ignored):
+``P = min(#positives, floor(num_samples * positive_fraction))`` positives and
+``Q = min(#negatives, num_samples - P)`` negatives, uniformly without replacement; the
+``num_samples`` output slots hold the ``P`` positives, then the ``Q`` negatives, then ``-1``
+padding (static shape; Detectron2 returns a variable-length set instead). Uniform subsets come
+from the top-k of uniform random keys. ``seed`` is an int or a ``keras.random.SeedGenerator``
+(inside a layer, pass its generator so each call draws new samples); the same int seed gives
+the same samples.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_cvx.validation import require_positive_int, require_unit_interval
+
+
+def sample_balanced(labels, num_samples, positive_fraction=0.5, seed=None):
+    """Samples from ``labels [N]`` or ``[B, N]``.
+
+    Returns ``(indices, sampled_labels)``, int32 ``[num_samples]`` / ``[B, num_samples]``:
+    indices into ``N`` (``-1`` for unused slots) and their labels (1, 0, or -1 for unused slots).
+    """
+    require_positive_int("num_samples", num_samples)
+    require_unit_interval("positive_fraction", positive_fraction, include_one=True)
+    labels = ops.cast(ops.convert_to_tensor(labels), "int32")
+    if len(labels.shape) == 1:
+        indices, sampled = sample_balanced(labels[None], num_samples, positive_fraction, seed)
+        return indices[0], sampled[0]
+    batch, num = labels.shape
+    keys = keras.random.uniform((batch, num), seed=seed)
+    if num < num_samples:  # top_k needs k <= N: pad with never-chosen entries
+        labels = ops.pad(labels, [[0, 0], [0, num_samples - num]], constant_values=-1)
+        keys = ops.pad(keys, [[0, 0], [0, num_samples - num]])
+
+    def pick(wanted):
+        members = labels == wanted
+        _, order = ops.top_k(ops.where(members, keys, -1.0), num_samples)
+        return ops.cast(order, "int32"), ops.sum(ops.cast(members, "int32"), axis=-1, keepdims=True)
+
+    positives, num_pos = pick(1)
+    negatives, num_neg = pick(0)
+    take_pos = ops.minimum(num_pos, int(math.floor(num_samples * positive_fraction)))
+    take_neg = ops.minimum(num_neg, num_samples - take_pos)
+    slot = ops.arange(num_samples, dtype="int32")[None]
+    from_negatives = ops.take_along_axis(negatives, ops.clip(slot - take_pos, 0, num_samples - 1), axis=-1)
+    indices = ops.where(slot < take_pos, positives, ops.where(slot < take_pos + take_neg, from_negatives, -1))
+    sampled = ops.where(slot < take_pos, 1, ops.where(slot < take_pos + take_neg, 0, -1))
+    return indices, ops.cast(sampled, "int32")
