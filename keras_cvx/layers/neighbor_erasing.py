@@ -1,0 +1,97 @@
+"""Neighbor Erasing Module (NEM) of NETNet.
+
+Paper: "Neighbor Erasing and Transferring Network for Better Single Shot Object Detection",
+Y. Li, Y. Pang, J. Shen, J. Cao, L. Shao, CVPR 2020, arXiv 2001.06690 (Sec. 3; spec §3).
+
+A spatial gate computed from the deeper level p_{s'} marks where larger objects are; the
+shallow level p_s keeps the rest:
+
+    g   = σ(G(p_{s'}))                    G: 1×1 conv C'→1 with bias (paper's choice), or
+                                          channel-wise max / mean pooling (paper's variants)
+    u   = U(g)                            bilinear resize to p_s's spatial size
+    p^e = p_s ⊙ u                         erased part (features of larger objects)
+    p̃_s = p_s − p^e = p_s ⊙ (1 − u)      kept part
+
+Shapes: ``shallow`` (B, H, W, C), ``deep`` (B, H', W', C'); outputs ``[kept, erased]``, both
+(B, H, W, C). NETNet pairs levels s and s + 2 (38×38 with 10×10 at 300), so U resizes to the
+exact target size instead of a fixed factor; ``erased`` feeds ``NeighborTransferring``.
+
+Choices ([U]/[I] in the spec): the gate is one channel broadcast over C; σ is the logistic
+sigmoid; U is half-pixel bilinear (``keras.ops.image.resize``, as PyTorch's
+``align_corners=False``). The gate is computed before U (the third-party code up-samples the
+features first: identical up to rounding because U is linear with weights summing to 1).
+The 1×1 conv has Keras's default initialisation (Glorot-uniform, bias 0: gate ≈ 0.5 at the
+start). The gate is computed in float32. Parameters: C' + 1 for ``gate="conv"``, else 0.
+"""
+
+import keras
+from keras import ops
+
+from keras_cvx.validation import require_choice
+
+GATES = ("conv", "max", "mean")
+
+
+@keras.saving.register_keras_serializable(package="keras_cvx")
+class NeighborErasing(keras.layers.Layer):
+    """NEM: erases larger-object features from a shallow level with a gate from a deeper one.
+
+    Args:
+        gate: ``"conv"`` (1×1 conv to one channel, the paper's choice), ``"max"`` or
+            ``"mean"`` (channel-wise pooling of the deeper level, the paper's ablations).
+        kernel_initializer, bias_initializer: of the gate's 1×1 conv.
+
+    Call: ``layer(shallow, deep)`` -> ``[kept, erased]``.
+    """
+
+    def __init__(self, gate="conv", kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.gate = require_choice("gate", gate, GATES)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, shallow_shape, deep_shape):
+        if len(shallow_shape) != 4 or len(deep_shape) != 4:
+            raise ValueError(
+                f"`shallow` and `deep` must be (B, H, W, C) tensors, got {shallow_shape} and {deep_shape}."
+            )
+        if self.gate == "conv":
+            self.gate_conv = keras.layers.Conv2D(
+                1,
+                1,
+                kernel_initializer=self.kernel_initializer,
+                bias_initializer=self.bias_initializer,
+                dtype=self.dtype_policy,
+                name="gate_conv",
+            )
+            self.gate_conv.build(tuple(deep_shape))
+
+    def gate_map(self, deep, size):
+        """``U(σ(G(deep)))``: the up-sampled gate, (B, size[0], size[1], 1), float32."""
+        if self.gate == "conv":
+            logits = ops.cast(self.gate_conv(deep), "float32")
+        elif self.gate == "max":
+            logits = ops.max(ops.cast(deep, "float32"), axis=-1, keepdims=True)
+        else:
+            logits = ops.mean(ops.cast(deep, "float32"), axis=-1, keepdims=True)
+        gate = ops.sigmoid(logits)
+        if tuple(gate.shape[1:3]) == tuple(size):
+            return gate
+        return ops.image.resize(gate, size, interpolation="bilinear")
+
+    def call(self, shallow, deep):
+        gate = ops.cast(self.gate_map(deep, tuple(shallow.shape[1:3])), shallow.dtype)
+        erased = shallow * gate
+        return [shallow - erased, erased]
+
+    def compute_output_shape(self, shallow_shape, deep_shape):
+        return [tuple(shallow_shape), tuple(shallow_shape)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            gate=self.gate,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config
