@@ -7,7 +7,7 @@ every Keras backend. ``data``, ``training``, ``export`` and ``evaluation`` are T
 
 import importlib
 
-from keras_cvx import layers
+from keras_cvx import heads, layers, losses, models, ops
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,13 @@
 """Layers: one block per file."""
 
+from keras_cvx.layers.cosine_dense import CosineDense
 from keras_cvx.layers.dynamic_relu import DynamicReLU
+from keras_cvx.layers.l2_normalization import L2Normalization
+from keras_cvx.layers.neighbor_erasing import NeighborErasing
+from keras_cvx.layers.neighbor_transferring import NeighborTransferring
 from keras_cvx.layers.rezero import ReZero, ReZeroTransformerEncoder
+from keras_cvx.layers.tau_normalized_dense import (
+    LearnableWeightScaling,
+    TauNormalizedDense,
+    tau_normalized_from_dense,
+)

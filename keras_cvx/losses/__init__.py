@@ -1,1 +1,6 @@
-"""losses."""
+"""Losses: computed in float32 under every dtype policy."""
+
+from keras_cvx.losses.circle import CircleLoss, PairwiseCircleLoss
+from keras_cvx.losses.distillation import TopKDistillation
+from keras_cvx.losses.equalization import EqualizationLoss, SoftmaxEqualizationLoss, tail_class_mask
+from keras_cvx.losses.equalization_v2 import EqualizationLossV2
