@@ -1,0 +1,126 @@
+"""VGG16 trunk with SSD's modifications and extra layers: the SSD300/SSD512 feature pyramid.
+
+Papers: "Very Deep Convolutional Networks for Large-Scale Image Recognition", K. Simonyan,
+A. Zisserman, arXiv 1409.1556 (configuration D); "SSD: Single Shot MultiBox Detector",
+W. Liu et al., arXiv 1512.02325 (Sec. 3, Fig. 2); the pyramid NETNet builds on ("Neighbor
+Erasing and Transferring Network for Better Single Shot Object Detection", Y. Li et al.,
+CVPR 2020, arXiv 2001.06690; spec §2).
+
+Layers (every conv 3×3 'same' + ReLU unless stated; sizes at 300 / 512 input):
+
+    conv1_1..conv1_2   64, pool1 2×2/2              300 → 150   512 → 256
+    conv2_1..conv2_2  128, pool2 2×2/2              150 → 75    256 → 128
+    conv3_1..conv3_3  256  -> "conv3_3"             75          128
+    pool3 2×2/2 ceil mode                           75 → 38     128 → 64
+    conv4_1..conv4_3  512 -> "p1" = L2Norm(conv4_3) (γ init 20)  38    64
+    pool4 2×2/2, conv5_1..conv5_3 512               19          32
+    pool5 3×3/1 pad 1, conv6 3×3 dilation 6 1024, conv7 1×1 1024 -> "p2" (fc7)   19   32
+    extras (each a 1×1 conv + ReLU, then a conv + ReLU):
+      300: conv8 256→512 3×3/2 p1 "p3" 10, conv9 128→256 3×3/2 p1 "p4" 5,
+           conv10 128→256 3×3 p0 "p5" 3, conv11 128→256 3×3 p0 "p6" 1
+      512: conv8 256→512 3×3/2 p1 "p3" 16, conv9..conv11 128→256 3×3/2 p1 "p4".."p6" 8, 4, 2,
+           conv12 128→256 4×4/1 p1 "p7" 1
+
+Output: a dict of these maps (NHWC). Parameters at ``width_multiplier=1``: 20,484,416 up to
+"p2" (VGG16 convs 14,714,688 + conv6 4,719,616 + conv7 1,049,600 + L2Norm 512), plus extras
+2,459,520 (300) or 3,016,960 (512).
+
+Notes and choices:
+* The input is a float image already mean-subtracted (SSD: BGR − (104, 117, 123)); the
+  detector does the preprocessing.
+* pool3's ceil mode (75 → 38) is Keras max pooling with ``padding="same"``: with an odd size the
+  one padded row/column is at the bottom/right and max pooling ignores it, so the windows are
+  PyTorch's ``ceil_mode=True`` ones. pool1, pool2 and pool4 use 'same' too (Caffe's pooling is
+  always ceil mode); their inputs have even sizes at 300 and 512, where it changes nothing. pool5 (3×3, stride 1, pad 1) is 'same' max pooling, and
+  conv6's padding 6 with dilation 6 is 'same'.
+* The stride-2 extras use explicit zero padding 1 then 'valid' (Caffe/PyTorch ``pad=1``):
+  Keras 'same' would pad only the bottom/right of an even-sized map (10 → 5) and shift the
+  sampling grid by one pixel.
+* ``width_multiplier`` scales every channel count (rounded, at least 8) so that a tiny model
+  trains on a CPU; 1.0 is the paper's network. L2Norm's scale is ``l2_norm_scale``.
+* Initialisation: Glorot-uniform kernels by default (SSD's xavier for new layers; the
+  ``kernel_initializer`` argument), zero biases. No
+  ImageNet weights are bundled (no download is possible here): train from scratch or load
+  converted weights by layer name (``conv1_1`` … ``conv7``).
+"""
+
+import keras
+
+from keras_cvx.layers.l2_normalization import L2Normalization
+from keras_cvx.validation import require_positive
+
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+"""Output channels of the 13 VGG16 convolutions, per block (conv1_x … conv5_x)."""
+
+SSD_EXTRAS = {
+    300: ((256, 512, 3, 2, 1), (128, 256, 3, 2, 1), (128, 256, 3, 1, 0), (128, 256, 3, 1, 0)),
+    512: (
+        (256, 512, 3, 2, 1),
+        (128, 256, 3, 2, 1),
+        (128, 256, 3, 2, 1),
+        (128, 256, 3, 2, 1),
+        (128, 256, 4, 1, 1),
+    ),
+}
+"""SSD extra layers after fc7 per input size: (1×1 channels, conv channels, kernel, stride, padding)."""
+
+
+def scaled_channels(channels, width_multiplier):
+    """``channels · width_multiplier`` rounded, at least 8."""
+    return max(8, int(round(channels * width_multiplier)))
+
+
+def VGG16SSD(image_size=300, width_multiplier=1.0, l2_norm_scale=20.0, name="vgg16_ssd",
+             kernel_initializer="glorot_uniform"):
+    """The SSD feature pyramid on VGG16 as a Functional ``keras.Model``.
+
+    Args:
+        image_size: 300 (six levels p1..p6) or 512 (seven levels p1..p7).
+        width_multiplier: scales every channel count (1.0 = the paper).
+        l2_norm_scale: initial γ of the L2Norm on conv4_3.
+        name: of the model.
+        kernel_initializer: of every convolution (biases start at zero).
+
+    Returns: a model from ``(image_size, image_size, 3)`` float images to a dict
+    ``{"conv3_3", "p1", …, "p6"[, "p7"]}`` of NHWC maps.
+    """
+    if image_size not in SSD_EXTRAS:
+        raise ValueError(f"`image_size` must be one of {sorted(SSD_EXTRAS)}, got {image_size!r}.")
+    width_multiplier = require_positive("width_multiplier", width_multiplier)
+    l2_norm_scale = require_positive("l2_norm_scale", l2_norm_scale)
+
+    def conv(filters, kernel_size, layer_name, **kwargs):
+        return keras.layers.Conv2D(
+            scaled_channels(filters, width_multiplier),
+            kernel_size,
+            activation="relu",
+            kernel_initializer=kernel_initializer,
+            bias_initializer="zeros",
+            name=layer_name,
+            **kwargs,
+        )
+
+    images = keras.Input((image_size, image_size, 3), name="images")
+    x = images
+    outputs = {}
+    for block, block_channels in enumerate(VGG16_BLOCKS, start=1):
+        if block > 1:
+            x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{block - 1}")(x)
+        for index, channels in enumerate(block_channels, start=1):
+            x = conv(channels, 3, f"conv{block}_{index}", padding="same")(x)
+        if block == 3:
+            outputs["conv3_3"] = x
+        if block == 4:
+            outputs["p1"] = L2Normalization(l2_norm_scale, name="conv4_3_norm")(x)
+    x = keras.layers.MaxPooling2D(3, strides=1, padding="same", name="pool5")(x)
+    x = conv(1024, 3, "conv6", padding="same", dilation_rate=6)(x)
+    x = conv(1024, 1, "conv7")(x)
+    outputs["p2"] = x
+    for level, (reduced, channels, kernel, stride, padding) in enumerate(SSD_EXTRAS[image_size], start=3):
+        block = level + 5
+        x = conv(reduced, 1, f"conv{block}_1")(x)
+        if padding:
+            x = keras.layers.ZeroPadding2D(padding, name=f"conv{block}_2_pad")(x)
+        x = conv(channels, kernel, f"conv{block}_2", strides=stride)(x)
+        outputs[f"p{level}"] = x
+    return keras.Model(images, outputs, name=name)
