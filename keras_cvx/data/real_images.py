@@ -7,6 +7,11 @@ boxes. The annotations were computed once by ``segment_coins`` (scikit-image's c
 region-based pipeline: Sobel elevation map, watershed from dark/bright intensity markers,
 hole filling, connected components, regions under ``min_area`` pixels dropped) and are
 committed; ``segment_coins`` regenerates them (it needs scikit-image and SciPy).
+
+``photos_dataset()`` gives two CC0 colour photographs from scikit-image
+(``assets/photos/chelsea.png``, ``coffee.png``, see ``assets/photos/ATTRIBUTION``) with boxes
+drawn by hand (no masks): categories ``eye`` (1), ``nose`` (2), ``cup`` (3), ``spoon`` (4),
+``saucer`` (5); three instances per image, overlapping on the coffee photograph.
 """
 
 import importlib.resources
@@ -16,13 +21,19 @@ import os
 import numpy as np
 from pycocotools import mask as mask_utils
 
-COINS_DIR = "coins"
+def _bundled(folder_name):
+    folder = importlib.resources.files("keras_cvx.data") / "assets" / folder_name
+    return str(folder / "annotations.json"), str(folder)
 
 
 def coins_dataset():
     """``(annotation_file, image_dir)`` of the bundled coins image, for ``coco_dataset``."""
-    folder = importlib.resources.files("keras_cvx.data") / "assets" / COINS_DIR
-    return str(folder / "annotations.json"), str(folder)
+    return _bundled("coins")
+
+
+def photos_dataset():
+    """``(annotation_file, image_dir)`` of the two bundled colour photographs, for ``coco_dataset``."""
+    return _bundled("photos")
 
 
 def segment_coins(image, min_area=100):
