@@ -1,11 +1,14 @@
 """Layers: one block per file."""
 
+from keras_cvx.layers.channel_equilibrium import ChannelEquilibrium
 from keras_cvx.layers.cosine_dense import CosineDense
 from keras_cvx.layers.dynamic_relu import DynamicReLU
 from keras_cvx.layers.l2_normalization import L2Normalization
 from keras_cvx.layers.neighbor_erasing import NeighborErasing
 from keras_cvx.layers.neighbor_transferring import NeighborTransferring
 from keras_cvx.layers.rezero import ReZero, ReZeroTransformerEncoder
+from keras_cvx.layers.slim_conv import SlimConv2D
+from keras_cvx.layers.squeeze_excite import SqueezeExcite
 from keras_cvx.layers.tau_normalized_dense import (
     LearnableWeightScaling,
     TauNormalizedDense,
