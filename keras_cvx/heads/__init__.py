@@ -1,1 +1,3 @@
-"""heads."""
+"""Detection heads."""
+
+from keras_cvx.heads.ssd import SSDHead

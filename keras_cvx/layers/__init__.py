@@ -6,6 +6,7 @@ from keras_cvx.layers.dynamic_relu import DynamicReLU
 from keras_cvx.layers.l2_normalization import L2Normalization
 from keras_cvx.layers.neighbor_erasing import NeighborErasing
 from keras_cvx.layers.neighbor_transferring import NeighborTransferring
+from keras_cvx.layers.nn_fusion import NearestNeighborFusion
 from keras_cvx.layers.rezero import ReZero, ReZeroTransformerEncoder
 from keras_cvx.layers.slim_conv import SlimConv2D
 from keras_cvx.layers.squeeze_excite import SqueezeExcite

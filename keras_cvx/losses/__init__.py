@@ -4,3 +4,4 @@ from keras_cvx.losses.circle import CircleLoss, PairwiseCircleLoss
 from keras_cvx.losses.distillation import TopKDistillation
 from keras_cvx.losses.equalization import EqualizationLoss, SoftmaxEqualizationLoss, tail_class_mask
 from keras_cvx.losses.equalization_v2 import EqualizationLossV2
+from keras_cvx.losses.multibox import MultiBoxLoss
