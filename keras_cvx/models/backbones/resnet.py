@@ -1,0 +1,246 @@
+"""ResNet with pluggable blocks: SE / Channel Equilibrium attention, Dynamic ReLU, SlimConv and
+ReZero.
+
+Papers:
+* "Deep Residual Learning for Image Recognition", K. He et al., CVPR 2016, arXiv 1512.03385
+  (the backbone; torchvision's layout, "ResNet v1.5": the stride of a bottleneck sits on its
+  3×3 convolution).
+* "Squeeze-and-Excitation Networks", J. Hu et al., arXiv 1709.01507 — ``attention="se"``.
+* "Channel Equilibrium Networks for Learning Deep Representation", W. Shao et al., ICML 2020,
+  arXiv 2003.00214 — ``attention="ce"``.
+* "Dynamic ReLU", Y. Chen et al., ECCV 2020, arXiv 2003.10027 — ``activation="dy_relu_*"``.
+* "SlimConv: Reducing Channel Redundancy in Convolutional Neural Networks by Weights
+  Flipping", J. Qiu et al., arXiv 2003.07469 — ``conv="slim"``.
+* "ReZero is All You Need: Fast Convergence at Large Depth", T. Bachlechner et al.,
+  arXiv 2003.04887 — ``rezero=True``.
+
+Blocks (``act`` is ReLU or one DY-ReLU layer per place, ``att`` the attention block)::
+
+    stem (imagenet): pad 3, conv7×7/2 → BN → [att(stem)] → act → pad 1, maxpool 3×3/2
+    stem (small):    conv3×3/1 → BN → [att(stem)] → act                  (28×28 digits, CIFAR)
+    bottleneck:      y = act( shortcut(x) + att( BN(conv1×1( act(BN(conv3×3/s( act(BN(conv1×1(x)))))) )) ) )
+      conv="slim":   the 3×3 conv and its BN become SlimConv2D(stride s), whose output has 3w/4
+                     channels, so the last 1×1 conv reads 3w/4 channels (official SC-ResNet).
+    basic:           y = act( shortcut(x) + att( BN(conv3×3( act(BN(conv3×3/s(x))) )) ) )
+    shortcut:        x, or BN(conv1×1/s(x)) when the stride or the width changes.
+
+Placements from the specs: SE (r = 16, with biases) after the last BN of every block, before
+the add (SE-ResNet). CE after the last BN before the add in stages 1–3 (group size 16) and
+after the stem BN (group size 64); stage 4 has none (official ``ResNetV1CE``). DY-ReLU
+replaces every ReLU: stem, inside the blocks and after the add (spec §4, inferred). SlimConv
+only exists for bottleneck blocks (the official code has no basic-block version).
+ReZero follows the authors' ReZNet: ``y = x + α·act(BN(...))`` with the last activation moved
+into the branch and none after the add (``rezero_branch_activation=True``), or with the
+activation kept after the add (``False``). Deviation: ``keras_cvx.layers.rezero.ReZero``
+computes ``x + α·F(x)`` and needs ``F`` to keep the shape, so only shape-preserving blocks get
+an ``α``; the first block of a stage, which has a projection shortcut, stays ``P(x) + F(x)``
+(the authors' notebook gates those too). ReZero keeps the BatchNorms, as the authors' ResNets.
+
+Parameter counts (trainable, PyTorch's convention: BN γ/β counted, running statistics not)
+equal the reference code: ResNet-50 25,557,032; SE-ResNet-50 28,088,024; CE-ResNet-50
+29,331,926; SC-ResNet-50 16,758,740; SC-ResNet-101 27,956,708.
+
+``stride_in_1x1=True`` moves the bottleneck stride onto the first 1×1 convolution (the MSRA
+"v1" layout that ``keras.applications.ResNet50`` uses, 3.86 GMACs instead of 4.09 G). With it,
+and the layer names used here (``conv1_conv``, ``conv2_block1_1_conv``, ... as Keras), weights
+of ``keras.applications.ResNet50/101/152`` port one to one: Keras's conv biases fold into the
+BN moving means and its BN ε = 1.001e-5 into the moving variances.
+
+Padding and PyTorch: strided 3×3/7×7 convolutions pad symmetrically (see ``building_blocks``).
+The stem max-pool pads with zeros as Keras applications do; PyTorch pads with −∞, which is the
+same after a ReLU (outputs ≥ 0) but can differ at the border after a DY-ReLU (negative outputs).
+"""
+
+import keras
+
+from keras_cvx.layers.slim_conv import SlimConv2D
+from keras_cvx.models.backbones.building_blocks import (
+    FEATURE_NAMES,
+    BlockOptions,
+    check_input_shape,
+    conv_bn,
+    finish_model,
+    rezero_residual,
+)
+from keras_cvx.validation import require_choice, require_positive_int
+
+# depth -> (block type, blocks per stage). 10 and 14/26 are the small ResNets of the DY-ReLU
+# paper (ResNet-10, basic) and timm (resnet14t/resnet26, bottleneck), used for quick studies.
+STAGE_BLOCKS = {
+    10: ("basic", (1, 1, 1, 1)),
+    14: ("bottleneck", (1, 1, 1, 1)),
+    18: ("basic", (2, 2, 2, 2)),
+    26: ("bottleneck", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+CONVS = ("standard", "slim")
+STEMS = ("imagenet", "small")
+# Stages with the attention block by default (0 is the stem).
+DEFAULT_ATTENTION_STAGES = {"se": (1, 2, 3, 4), "ce": (0, 1, 2, 3)}
+
+
+def ResNet(
+    depth=50,
+    attention=None,
+    activation="relu",
+    conv="standard",
+    rezero=False,
+    include_top=True,
+    num_classes=1000,
+    input_shape=(224, 224, 3),
+    base_width=64,
+    stem="imagenet",
+    stride_in_1x1=False,
+    attention_stages=None,
+    se_reduction=16,
+    dy_relu_reduction=4,
+    rezero_branch_activation=True,
+    classifier_activation=None,
+    name=None,
+):
+    """Builds a ResNet as a Functional ``keras.Model``.
+
+    Args:
+        depth: 10, 14, 18, 26, 34, 50, 101 or 152 (see ``STAGE_BLOCKS``).
+        attention: ``None``, ``"se"`` or ``"ce"``.
+        activation: ``"relu"``, ``"dy_relu_a"``, ``"dy_relu_b"`` or ``"dy_relu_c"``.
+        conv: ``"standard"`` or ``"slim"`` (SlimConv, bottleneck depths only).
+        rezero: gate the residual branches with ReZero's ``α`` (init 0).
+        include_top: add global average pooling and the classifier; otherwise the model
+            outputs a dict ``{"C2": ..., "C5": ...}`` of the four stage outputs.
+        num_classes: classifier width.
+        input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None`` (static sizes are preferred).
+        base_width: width of the first stage (64 as published); stages use 1, 2, 4, 8 times it
+            (bottleneck outputs 4 times that). SlimConv needs a multiple of 4 that is ≥ 32.
+        stem: ``"imagenet"`` (7×7/2 conv + 3×3/2 max-pool, feature strides 4, 8, 16, 32) or
+            ``"small"`` (3×3/1 conv, no pooling, strides 1, 2, 4, 8; for 28×28 digits or
+            32×32 images).
+        stride_in_1x1: put a bottleneck's stride on its first 1×1 conv (MSRA / Keras layout).
+        attention_stages: stages (0 = stem, 1–4) that get the attention block; ``None`` uses
+            the papers' choice: SE ``(1, 2, 3, 4)``, CE ``(0, 1, 2, 3)``.
+        se_reduction: SE reduction ``r`` (16 in SE-ResNet).
+        dy_relu_reduction: DY-ReLU reduction ``R`` (4).
+        rezero_branch_activation: with ``rezero``, move the block's last activation into the
+            branch and drop the one after the add (the authors' ReZNet).
+        classifier_activation: activation of the classifier (``None``: logits).
+        name: model name (default e.g. ``"ce_resnet50"``).
+
+    Returns:
+        A Functional model: logits ``(B, num_classes)``, or the feature dict.
+    """
+    block_type, blocks = STAGE_BLOCKS[require_choice("depth", depth, tuple(STAGE_BLOCKS))]
+    options = BlockOptions(activation, attention, "relu", se_reduction, dy_relu_reduction)
+    require_choice("conv", conv, CONVS)
+    require_choice("stem", stem, STEMS)
+    require_positive_int("base_width", base_width)
+    input_shape = check_input_shape(input_shape)
+    if conv == "slim":
+        if block_type != "bottleneck":
+            raise ValueError(f"`conv`='slim' needs bottleneck blocks (depth 14, 26, 50, 101, 152), got depth={depth}.")
+        if base_width % 4 or base_width < 32:
+            raise ValueError(f"`conv`='slim' needs `base_width` a multiple of 4 and >= 32, got {base_width}.")
+    stages = _attention_stages(attention, attention_stages)
+
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = _stem(inputs, base_width, stem, options, 0 in stages)
+    features = {}
+    for stage, count in enumerate(blocks):
+        width = base_width * 2**stage
+        for index in range(count):
+            block_name = f"conv{stage + 2}_block{index + 1}"
+            strides = 2 if stage > 0 and index == 0 else 1
+            if block_type == "bottleneck":
+                branch = _bottleneck_branch(width, strides, conv, stride_in_1x1, block_name)
+                out_channels = 4 * width
+            else:
+                branch = _basic_branch(width, strides, block_name)
+                out_channels = width
+            x = _residual_block(
+                x, branch, out_channels, strides, options, stage + 1 in stages, rezero, rezero_branch_activation, block_name
+            )
+        features[FEATURE_NAMES[stage]] = x
+    if name is None:
+        prefix = "".join(f"{tag}_" for tag in (attention, {"slim": "sc"}.get(conv), _short(activation)) if tag)
+        name = f"{prefix}resnet{depth}" + ("_rezero" if rezero else "")
+    return finish_model(inputs, features, include_top, num_classes, classifier_activation, name)
+
+
+def _short(activation):
+    return None if activation == "relu" else activation
+
+
+def _attention_stages(attention, attention_stages):
+    if attention is None:
+        return ()
+    if attention_stages is None:
+        return DEFAULT_ATTENTION_STAGES[attention]
+    stages = tuple(attention_stages)
+    if any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= 4 for s in stages):
+        raise ValueError(f"`attention_stages` must hold stage indices 0 (stem) to 4, got {attention_stages!r}.")
+    return stages
+
+
+def _stem(x, width, stem, options, attend):
+    if stem == "imagenet":
+        x = conv_bn(x, width, 7, 2, "conv1")
+    else:
+        x = conv_bn(x, width, 3, 1, "conv1")
+    if attend:
+        x = options.attend(x, "conv1_attention", ce_group_size=64)
+    x = options.activate(x, "conv1_relu")
+    if stem == "imagenet":
+        x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    return x
+
+
+def _bottleneck_branch(width, strides, conv, stride_in_1x1, name):
+    """conv1×1 → BN → act → (conv3×3 → BN | SlimConv) → act → conv1×1 → BN; a function of
+    (x, options) returning the pre-attention tensor."""
+    first_strides, middle_strides = (strides, 1) if stride_in_1x1 else (1, strides)
+
+    def branch(x, options):
+        x = options.activate(conv_bn(x, width, 1, first_strides, f"{name}_1"), f"{name}_1_relu")
+        if conv == "slim":
+            x = SlimConv2D(strides=middle_strides, name=f"{name}_2_slim")(x)
+        else:
+            x = conv_bn(x, width, 3, middle_strides, f"{name}_2")
+        x = options.activate(x, f"{name}_2_relu")
+        return conv_bn(x, 4 * width, 1, 1, f"{name}_3")
+
+    return branch
+
+
+def _basic_branch(width, strides, name):
+    """conv3×3/s → BN → act → conv3×3 → BN."""
+
+    def branch(x, options):
+        x = options.activate(conv_bn(x, width, 3, strides, f"{name}_1"), f"{name}_1_relu")
+        return conv_bn(x, width, 3, 1, f"{name}_2")
+
+    return branch
+
+
+def _residual_block(x, branch, out_channels, strides, options, attend, rezero, branch_activation, name):
+    activation_in_branch = rezero and branch_activation
+
+    def full_branch(h):
+        h = branch(h, options)
+        if attend:
+            h = options.attend(h, f"{name}_attention")
+        if activation_in_branch:
+            h = options.activate(h, f"{name}_branch_relu")
+        return h
+
+    projection = strides != 1 or x.shape[-1] != out_channels
+    if rezero and not projection:
+        x = rezero_residual(x, full_branch, name)
+    else:
+        shortcut = conv_bn(x, out_channels, 1, strides, f"{name}_0") if projection else x
+        x = keras.layers.Add(name=f"{name}_add")([shortcut, full_branch(x)])
+    if not activation_in_branch:
+        x = options.activate(x, f"{name}_out")
+    return x
