@@ -10,6 +10,7 @@ from keras_cvx.layers.nn_fusion import NearestNeighborFusion
 from keras_cvx.layers.rezero import ReZero, ReZeroTransformerEncoder
 from keras_cvx.layers.slim_conv import SlimConv2D
 from keras_cvx.layers.squeeze_excite import SqueezeExcite
+from keras_cvx.layers.ssd_decoder import SSDDecoder
 from keras_cvx.layers.tau_normalized_dense import (
     LearnableWeightScaling,
     TauNormalizedDense,
