@@ -17,7 +17,8 @@ Papers:
 Blocks (``act`` is ReLU or one DY-ReLU layer per place, ``att`` the attention block)::
 
     stem (imagenet): pad 3, conv7×7/2 → BN → [att(stem)] → act → pad 1, maxpool 3×3/2
-    stem (small):    conv3×3/1 → BN → [att(stem)] → act                  (28×28 digits, CIFAR)
+    stem (small):    conv3×3/1 → BN → [att(stem)] → act                  (32×32 CIFAR images)
+    stem (small_stride2): conv3×3/2 (pad 1) → BN → [att(stem)] → act     (28×28 digits)
     bottleneck:      y = act( shortcut(x) + att( BN(conv1×1( act(BN(conv3×3/s( act(BN(conv1×1(x)))))) )) ) )
       conv="slim":   the 3×3 conv and its BN become SlimConv2D(stride s), whose output has 3w/4
                      channels, so the last 1×1 conv reads 3w/4 channels (official SC-ResNet).
@@ -77,7 +78,7 @@ STAGE_BLOCKS = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 CONVS = ("standard", "slim")
-STEMS = ("imagenet", "small")
+STEMS = ("imagenet", "small", "small_stride2")
 # Stages with the attention block by default (0 is the stem).
 DEFAULT_ATTENTION_STAGES = {"se": (1, 2, 3, 4), "ce": (0, 1, 2, 3)}
 
@@ -115,9 +116,11 @@ def ResNet(
         input_shape: ``(H, W, C)``; ``H``/``W`` may be ``None`` (static sizes are preferred).
         base_width: width of the first stage (64 as published); stages use 1, 2, 4, 8 times it
             (bottleneck outputs 4 times that). SlimConv needs a multiple of 4 that is ≥ 32.
-        stem: ``"imagenet"`` (7×7/2 conv + 3×3/2 max-pool, feature strides 4, 8, 16, 32) or
-            ``"small"`` (3×3/1 conv, no pooling, strides 1, 2, 4, 8; for 28×28 digits or
-            32×32 images).
+        stem: ``"imagenet"`` (7×7/2 conv + 3×3/2 max-pool, feature strides 4, 8, 16, 32),
+            ``"small"`` (3×3/1 conv, no pooling, strides 1, 2, 4, 8; CIFAR-style 32×32 images)
+            or ``"small_stride2"`` (3×3/2 conv, no pooling, strides 2, 4, 8, 16; 28×28 digits
+            at a quarter of the cost of ``"small"``). The feature names stay ``"C2"``–``"C5"``
+            (the outputs of stages 1–4) whatever the stem.
         stride_in_1x1: put a bottleneck's stride on its first 1×1 conv (MSRA / Keras layout).
         attention_stages: stages (0 = stem, 1–4) that get the attention block; ``None`` uses
             the papers' choice: SE ``(1, 2, 3, 4)``, CE ``(0, 1, 2, 3)``.
@@ -187,7 +190,7 @@ def _stem(x, width, stem, options, attend):
     if stem == "imagenet":
         x = conv_bn(x, width, 7, 2, "conv1")
     else:
-        x = conv_bn(x, width, 3, 1, "conv1")
+        x = conv_bn(x, width, 3, 2 if stem == "small_stride2" else 1, "conv1")
     if attend:
         x = options.attend(x, "conv1_attention", ce_group_size=64)
     x = options.activate(x, "conv1_relu")

@@ -105,7 +105,9 @@ def test_rezero_post_activation_variant_keeps_relu_after_add():
     assert not [layer for layer in branch.layers if layer.name.endswith("branch_relu")]
 
 
-@pytest.mark.parametrize("stem, size, strides", [("imagenet", 64, (4, 8, 16, 32)), ("small", 16, (1, 2, 4, 8))])
+@pytest.mark.parametrize(
+    "stem, size, strides", [("imagenet", 64, (4, 8, 16, 32)), ("small", 16, (1, 2, 4, 8)), ("small_stride2", 32, (2, 4, 8, 16))]
+)
 @pytest.mark.parametrize("depth, expansion", [(10, 1), (14, 4)])
 def test_feature_shapes_per_stride(stem, size, strides, depth, expansion):
     model = tiny(depth, include_top=False, stem=stem, input_shape=(size, size, 3))
