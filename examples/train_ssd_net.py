@@ -11,14 +11,15 @@ On COCO-format data (json + image folder, or Model Garden TFRecords)::
 
     python examples/train_ssd_net.py --train-json train.json --val-json val.json --images imgs/ \\
         --backbone vgg16 --image-size 300 --width 1 --fusion-channels 256 --batch-size 32 \\
-        --steps 400000 --schedule step --learning-rate 1e-3 --weight-decay 5e-4 --warmup-steps 500
+        --steps 400000 --optimizer sgd --schedule step --learning-rate 1e-3 --weight-decay 5e-4 \\
+        --warmup-steps 500
     python examples/train_ssd_net.py --train-tfrecord 'train-*.tfrecord' --val-json val.json ...
 
 ``--no-net-modules`` trains plain SSD. Every flag of ``keras_cvx.training.cli`` works
 (``--strategy mirrored``, ``--mixed-precision``, ``--model-dir`` with resume, ...). The run
-prints the 12 COCO bbox numbers of the validation set, writes ``predictions.png`` (the first
-validation images with their detections) and exports to ``<export-dir>/<version>``
-(``saved_models/ssd_net/1`` by default; see ``saved_models/README.md``).
+prints the 12 COCO bbox numbers of the validation set, writes ``--png`` (the first validation
+batch with its detections; ``saved_models/ssd_net/predictions.png``) and exports to
+``<export-dir>/<version>`` (``saved_models/ssd_net/1`` by default; see ``saved_models/README.md``).
 """
 
 import json
@@ -64,15 +65,16 @@ def parse_args(argv=None):
     output = parser.add_argument_group("output")
     output.add_argument("--export-dir", default=os.path.join("saved_models", "ssd_net"))
     output.add_argument("--export-version", type=int, default=1)
-    output.add_argument("--png", default="predictions.png", help="picture of validation predictions")
+    output.add_argument("--png", default=os.path.join("saved_models", "ssd_net", "predictions.png"),
+                        help="picture of validation predictions")
     output.add_argument("--results-json", default=None, help="write the final evaluation numbers here")
     args = parser.parse_args(argv)
     if bool(args.train_json) == bool(args.train_tfrecord) and (args.train_json or args.train_tfrecord):
         parser.error("give either --train-json/--images or --train-tfrecord")
     if args.train_json and not args.images:
         parser.error("--train-json needs --images")
-    if (args.train_json or args.train_tfrecord) and not args.val_json:
-        parser.error("real data needs --val-json (and --val-images or --images)")
+    if (args.train_json or args.train_tfrecord) and not (args.val_json and (args.val_images or args.images)):
+        parser.error("real data needs --val-json and its image folder (--val-images or --images)")
     return args
 
 
@@ -153,6 +155,7 @@ def main(argv=None):
         with open(args.results_json, "w") as f:
             json.dump(dict(results, step=int(trainer.step.numpy())), f, indent=1)
     if trainer.is_chief:
+        os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
         print("wrote", draw(predict, val, args.png, class_names))
         path = export_saved_model(model, os.path.join(args.export_dir, str(args.export_version)), size)
         print("exported", path)

@@ -5,6 +5,7 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
@@ -40,3 +41,16 @@ def test_train_evaluate_draw_export(tmp_path, capsys):
     out = loaded.signatures["serving_default"](images=tf.constant(image[None]))
     assert out["detection_boxes"].shape == (1, 100, 4) and out["num_detections"].shape == (1,)
     assert 0 <= int(out["num_detections"][0]) <= 100
+
+
+def test_real_data_flags_are_checked(capsys):
+    example = load_example()
+    for argv in (["--train-json", "a.json"], ["--train-json", "a.json", "--images", "d"],
+                 ["--train-json", "a.json", "--train-tfrecord", "b-*", "--images", "d", "--val-json", "v.json"],
+                 ["--train-tfrecord", "b-*", "--val-json", "v.json"]):
+        with pytest.raises(SystemExit):
+            example.parse_args(argv)
+    args = example.parse_args(["--train-tfrecord", "b-*", "--val-json", "v.json", "--val-images", "d",
+                               "--no-net-modules", "--backbone", "vgg16", "--image-size", "300"])
+    assert (args.net_modules, args.backbone, args.image_size, args.batch_size) == (False, "vgg16", 300, 8)
+    assert "error" in capsys.readouterr().err
