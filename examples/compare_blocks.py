@@ -18,7 +18,7 @@ progress bar. Prints a table: test accuracy, trainable parameters, MACs per imag
 (``keras_cvx.models.complexity``) and the median wall time of a training step (the first step,
 which compiles, left out).
 
-    python examples/compare_blocks.py                 # a few minutes on 2 CPU cores
+    python examples/compare_blocks.py                 # about 6 minutes on 2 busy CPU cores
     python examples/compare_blocks.py --variants baseline,rezero --epochs 1 --steps 5
 """
 
