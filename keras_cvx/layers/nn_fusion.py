@@ -100,7 +100,8 @@ class NearestNeighborFusion(keras.layers.Layer):
             projected = self.deeper_conv(deeper)
             size = tuple(current.shape[1:3])
             if tuple(projected.shape[1:3]) != size:
-                projected = ops.image.resize(projected, size, interpolation="bilinear")
+                # float32: TF's XLA has no bfloat16 bilinear resize (mixed_bfloat16 + jit_compile).
+                projected = ops.image.resize(ops.cast(projected, "float32"), size, interpolation="bilinear")
             fused = fused + ops.cast(projected, fused.dtype)
         return self.activation(fused)
 

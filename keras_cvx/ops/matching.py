@@ -141,9 +141,10 @@ def gather_matches(values, matched_gt, fill_value=0):
     matched_gt = ops.convert_to_tensor(matched_gt)
     if len(matched_gt.shape) == 1:
         return gather_matches(values[None], matched_gt[None], fill_value)[0]
-    extra = len(values.shape) - 2
-    index = ops.reshape(ops.maximum(matched_gt, 0), tuple(matched_gt.shape) + (1,) * extra)
-    index = ops.broadcast_to(index, tuple(matched_gt.shape) + tuple(values.shape[2:]))
+    index, keep = ops.maximum(matched_gt, 0), matched_gt >= 0
+    for _ in range(len(values.shape) - 2):
+        index, keep = ops.expand_dims(index, -1), ops.expand_dims(keep, -1)
+    # Broadcast by adding zeros rather than by a static shape: the batch size may be unknown.
+    index = index + ops.zeros_like(values[:, :1], dtype=index.dtype)
     gathered = ops.take_along_axis(values, index, axis=1)
-    keep = ops.reshape(matched_gt >= 0, tuple(matched_gt.shape) + (1,) * extra)
     return ops.where(keep, gathered, ops.cast(fill_value, values.dtype))

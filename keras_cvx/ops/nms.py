@@ -58,7 +58,8 @@ def _greedy_nms(boxes, scores, classes, max_output_size, iou_threshold, score_th
         selected = ops.where(slots == slot, ops.where(found, best, -1), selected)
         return remaining, selected
 
-    selected = ops.full((scores.shape[0], max_output_size), -1, "int32")
+    # [B, max_output_size] of -1 without a static batch size (serving signatures leave it unknown).
+    selected = ops.zeros_like(scores[:, :1], dtype="int32") + ops.full((max_output_size,), -1, "int32")
     _, selected = ops.fori_loop(0, max_output_size, select_one, (remaining, selected))
     num_valid = ops.sum(ops.cast(selected >= 0, "int32"), axis=-1)
     if unbatched:

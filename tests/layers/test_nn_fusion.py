@@ -102,3 +102,15 @@ def test_bad_arguments_name_the_argument():
         NearestNeighborFusion(pool_type="median")
     with pytest.raises(ValueError, match="shallower"):
         NearestNeighborFusion().build((None, 10, 10, 4), (None, 40, 40, 4))
+
+
+def test_mixed_bfloat16_trains_under_jit_compile():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    current, deeper = keras.Input((10, 10, 8)), keras.Input((5, 5, 8))
+    fused = NearestNeighborFusion(filters=4)(current, deeper=deeper)
+    model = keras.Model([current, deeper], keras.layers.GlobalAveragePooling2D(dtype="float32")(fused))
+    model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+    rng = np.random.default_rng(0)
+    inputs = [rng.normal(size=(2, 10, 10, 8)).astype("float32"), rng.normal(size=(2, 5, 5, 8)).astype("float32")]
+    loss = model.fit(inputs, np.zeros((2, 4), "float32"), epochs=1, verbose=0).history["loss"][0]
+    assert np.isfinite(loss)

@@ -170,3 +170,15 @@ def test_gather_matches():
     np.testing.assert_array_equal(out, [[[3, 3, 4, 4], [0, 0, 0, 0], [1, 1, 2, 2]]])
     labels = _np(gather_matches(np.array([7, 9]), np.array([1, -1]), fill_value=-1))
     np.testing.assert_array_equal(labels, [9, -1])
+
+
+@pytest.mark.tensorflow_only
+def test_gather_matches_with_unknown_batch_size():
+    import tensorflow as tf
+
+    values = np.arange(24, dtype="float32").reshape(2, 3, 4)
+    matched = np.array([[2, -1, 0, 1], [-1, -1, 1, 0]], "int32")
+    signature = [tf.TensorSpec([None, 3, 4], tf.float32), tf.TensorSpec([None, 4], tf.int32)]
+    gather = tf.function(lambda v, m: gather_matches(v, m, fill_value=-5.0), input_signature=signature)
+    expected = np.where((matched >= 0)[..., None], np.take_along_axis(values, np.maximum(matched, 0)[..., None], 1), -5.0)
+    np.testing.assert_array_equal(gather(values, matched).numpy(), expected)

@@ -132,3 +132,16 @@ def test_argument_validation():
         non_max_suppression(np.zeros((2, 4)), np.zeros(2), 0)
     with pytest.raises(ValueError, match="iou_threshold"):
         non_max_suppression(np.zeros((2, 4)), np.zeros(2), 2, iou_threshold=1.5)
+
+
+@pytest.mark.tensorflow_only
+def test_unknown_batch_size_as_in_a_serving_signature():
+    import tensorflow as tf
+
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [10, 10, 0, 0]], "float32")
+    scores = np.array([0.9, 0.8, 0.7, 0.6], "float32")
+    signature = [tf.TensorSpec([None, 4, 4], tf.float32), tf.TensorSpec([None, 4], tf.float32)]
+    serve = tf.function(lambda b, s: non_max_suppression(b, s, 5, 0.5), input_signature=signature)
+    indices, valid = serve(np.stack([boxes] * 3), np.stack([scores] * 3))
+    np.testing.assert_array_equal(indices.numpy(), [[0, 2, -1, -1, -1]] * 3)
+    np.testing.assert_array_equal(valid.numpy(), [2, 2, 2])
