@@ -8,6 +8,10 @@ from keras import ops
 
 from keras_cvx.models.backbones.keras_applications import FEATURE_LAYERS, default_feature_layers, feature_extractor
 
+# keras.applications models are built here; under JAX that costs minutes of CI and tests
+# Keras rather than keras_cvx.
+pytestmark = pytest.mark.tensorflow_only
+
 SIZE = 64
 APPLICATIONS = [
     (keras.applications.ResNet50, (256, 512, 1024, 2048)),
