@@ -11,7 +11,7 @@ def test_tiny_run_prints_a_row_per_variant(capsys):
     variants = ["baseline", "slimconv", "dy_relu"]
     rows = example["main"](
         ["--variants", ",".join(variants), "--epochs", "1", "--steps", "2", "--batch-size", "16",
-         "--train-images", "64", "--test-size", "20", "--depth", "14", "--base-width", "8", "--verbose", "0", "--no-jit-compile"]
+         "--train-images", "64", "--test-size", "20", "--depth", "14", "--verbose", "0", "--no-jit-compile"]
     )
     assert [row["variant"] for row in rows] == variants
     for row in rows:
