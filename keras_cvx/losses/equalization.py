@@ -85,18 +85,30 @@ class EqualizationLoss(_EqualizationBase):
     Args:
         class_frequencies: image-level frequency ``f_j`` of each foreground class [C] (see
             ``keras_cvx.data.class_frequencies``); or None when ``tail_mask`` is given.
-        frequency_threshold: ``λ``; the default 1.76e-3 is the value cited for the paper
-            (912 tail classes on LVIS v0.5); the official code uses 0.00177 (915 classes).
+        frequency_threshold: ``λ``, default 0.00177: the value of the official code
+            (``eql.detectron2``, ``cfg.MODEL.ROI_HEADS.LAMBDA``) with which its published
+            numbers were obtained; on LVIS v0.5 (image_count / 56,740) it makes exactly the
+            rare + common classes tail (915 classes). The paper's text cites λ = 1.76e-3,
+            which differs by the three common classes seen in exactly 100 images
+            (100 / 56,740 = 1.7624e-3 is not below 1.76e-3: 912 tail classes); pass
+            ``frequency_threshold=1.76e-3`` for that set.
         tail_mask: optional explicit ``T`` [C] of 0/1 instead of frequencies.
 
     Shapes: ``y_true`` integer labels [R] in ``{-1 (padding), 0..C-1, C (background)}``;
     ``y_pred`` logits [R, C]. The value is the sum over classes averaged over valid RoIs.
+
+    Example::
+
+        import numpy as np
+        loss = EqualizationLoss(class_frequencies=[1e-4, 0.2, 1e-3])   # λ = 0.00177: classes 0, 2 are tail
+        value = loss(np.array([1, 3, -1]), np.zeros((3, 3), "float32"))  # fg class 1, background, padding
+        # RoI 0 drops the tail negatives 0 and 2: ln 2; the background RoI keeps all: 3 ln 2 -> mean 2 ln 2
     """
 
     def __init__(
         self,
         class_frequencies=None,
-        frequency_threshold=1.76e-3,
+        frequency_threshold=0.00177,
         tail_mask=None,
         reduction="sum_over_batch_size",
         name="equalization_loss",
