@@ -1,7 +1,7 @@
 """Neighbor Erasing Module (NEM) of NETNet.
 
 Paper: "Neighbor Erasing and Transferring Network for Better Single Shot Object Detection",
-Y. Li, Y. Pang, J. Shen, J. Cao, L. Shao, CVPR 2020, arXiv 2001.06690 (Sec. 3; spec §3).
+Y. Li, Y. Pang, J. Shen, J. Cao, L. Shao, CVPR 2020, arXiv 2001.06690 (Sec. 3).
 
 A spatial gate computed from the deeper level p_{s'} marks where larger objects are; the
 shallow level p_s keeps the rest:
@@ -16,12 +16,30 @@ Shapes: ``shallow`` (B, H, W, C), ``deep`` (B, H', W', C'); outputs ``[kept, era
 (B, H, W, C). NETNet pairs levels s and s + 2 (38×38 with 10×10 at 300), so U resizes to the
 exact target size instead of a fixed factor; ``erased`` feeds ``NeighborTransferring``.
 
-Choices ([U]/[I] in the spec): the gate is one channel broadcast over C; σ is the logistic
-sigmoid; U is half-pixel bilinear (``keras.ops.image.resize``, as PyTorch's
-``align_corners=False``). The gate is computed before U (the third-party code up-samples the
-features first: identical up to rounding because U is linear with weights summing to 1).
-The 1×1 conv has Keras's default initialisation (Glorot-uniform, bias 0: gate ≈ 0.5 at the
-start). The gate is computed in float32. Parameters: C' + 1 for ``gate="conv"``, else 0.
+Choices (the paper leaves them open): the gate is one channel broadcast over C; σ is the
+logistic sigmoid; U is half-pixel bilinear (``keras.ops.image.resize``, as PyTorch's
+``align_corners=False``). The 1×1 conv has Keras's default initialisation (Glorot-uniform,
+bias 0: gate ≈ 0.5 at the start). The gate is computed in float32. Parameters: C' + 1 for
+``gate="conv"``, else 0.
+
+Difference from the third-party re-implementation (no official code exists): we follow the
+paper's equation p^e = p_s ⊙ U(g_{s'}) with g = σ(G(p_{s'})): the sigmoid gate is computed at
+the deeper level's resolution and then up-sampled, ``U(σ(G(p)))``. The third-party code
+(YorkU_2D_Detection_Benchmarking, ``NEModule``) up-samples the deeper features first and
+applies the 1×1 conv and the sigmoid at the shallow resolution, ``σ(G(U(p))) = σ(U(G(p)))``
+(the conv commutes with U, whose weights sum to 1; the sigmoid does not). The two gates are
+not equal: between deep cells whose logits differ they follow different curves, e.g. with
+logits of standard deviation 1 / 2 on a 10×10 map up-sampled to 38×38 they differ by up to
+0.07 / 0.25. The pooling gates (``"max"``, ``"mean"``) are likewise pooled, squashed, then
+up-sampled.
+
+Example::
+
+    import numpy as np
+    nem = NeighborErasing()
+    shallow = np.random.rand(2, 38, 38, 64).astype("float32")
+    deep = np.random.rand(2, 10, 10, 64).astype("float32")
+    kept, erased = nem(shallow, deep)          # both (2, 38, 38, 64); kept + erased == shallow
 """
 
 import keras
@@ -37,9 +55,10 @@ class NeighborErasing(keras.layers.Layer):
     """NEM: erases larger-object features from a shallow level with a gate from a deeper one.
 
     Args:
-        gate: ``"conv"`` (1×1 conv to one channel, the paper's choice), ``"max"`` or
+        gate: ``"conv"`` (default; 1×1 conv to one channel, the paper's choice), ``"max"`` or
             ``"mean"`` (channel-wise pooling of the deeper level, the paper's ablations).
-        kernel_initializer, bias_initializer: of the gate's 1×1 conv.
+        kernel_initializer, bias_initializer: of the gate's 1×1 conv (default
+            ``"glorot_uniform"``, ``"zeros"``).
 
     Call: ``layer(shallow, deep)`` -> ``[kept, erased]``.
     """

@@ -7,7 +7,16 @@
   boxes ``(m, m)``, ``(sqrt(m M), sqrt(m M))``, then for each ``ar``: ``(m sqrt(ar), m / sqrt(ar))``,
   ``(m / sqrt(ar), m sqrt(ar))`` as ``(w, h)``. Order: level, row ``i``, column ``j``, box.
   The reference ports give normalised ``[0, 1]`` coordinates; here they are multiplied by the
-  image size. ``clip`` defaults to False as in the original Caffe SSD (the PyTorch ports clip).
+  image size. ``clip`` defaults to False, as the configurations of the original Caffe SSD
+  (``clip = False`` in ``ssd_pascal.py``/``ssd_coco.py``). ``clip=True`` (or ``"corners"``)
+  clamps the corners ``x1, y1, x2, y2`` to the image, which is what Caffe's ``PriorBox`` does
+  with ``clip: true``; it changes 2,223 of SSD300's 8,732 priors (every prior that crosses the
+  border). It is NOT what the PyTorch ports do: ssd.pytorch and lufficc/SSD clip by default
+  but clamp the centre-size form ``(cx, cy, w, h)`` to ``[0, 1]``, which only moves centres
+  that lie outside the image (SSD300's 10×10 level has step 32: its last row and column are
+  centred at 304) and shrinks priors wider or taller than the image (116 of the 8,732 change
+  at 300, 42 of the 24,564 at 512), leaving the others crossing the border;
+  ``clip="center_size"`` reproduces that (the two clipped sets differ in 2,221 priors at 300).
 * ``fpn_anchors``: Faster R-CNN + FPN anchors (arXiv 1612.03144): one size per level
   (32..512 on P2..P6 at strides 4..64), ratios ``r = h / w`` in ``{0.5, 1, 2}``,
   ``w = size * scale / sqrt(r)``, ``h = size * scale * sqrt(r)``; centres ``(j + offset) s``
@@ -45,6 +54,9 @@ SSD_CONFIGS = {
 }
 """SSD300 and SSD512 COCO prior settings (8732 and 24564 boxes)."""
 
+CLIP_MODES = (False, True, "corners", "center_size")
+"""Values of ``ssd_prior_boxes``'s ``clip``."""
+
 
 def _pairs(image_size):
     if isinstance(image_size, int):
@@ -58,8 +70,20 @@ def ssd_prior_boxes(image_size=300, feature_sizes=None, steps=None, min_sizes=No
     """SSD prior boxes ``[N, 4]`` for a square ``image_size`` (pixels).
 
     ``image_size`` 300 or 512 selects ``SSD_CONFIGS`` (COCO) for every setting left as None;
-    other sizes need all five settings. ``clip`` clips to ``[0, image_size]``.
+    other sizes need all five settings.
+
+    ``clip``: ``False`` (default, Caffe SSD's configurations), ``True`` or ``"corners"`` (clamp
+    ``x1, y1, x2, y2`` to ``[0, image_size]``, Caffe ``PriorBox`` with ``clip: true``), or
+    ``"center_size"`` (clamp the normalised ``cx, cy, w, h`` to ``[0, 1]``, as ssd.pytorch and
+    lufficc/SSD do: only priors centred outside or larger than the image change).
+
+    Example::
+
+        priors = ssd_prior_boxes(300)                        # (8732, 4) xyxy pixels
+        ported = ssd_prior_boxes(300, clip="center_size")    # the PyTorch ports' priors
     """
+    if clip not in CLIP_MODES:
+        raise ValueError(f"`clip` must be one of {CLIP_MODES}, got {clip!r}.")
     config = dict(SSD_CONFIGS.get(image_size, {}))
     given = dict(feature_sizes=feature_sizes, steps=steps, min_sizes=min_sizes, max_sizes=max_sizes,
                  aspect_ratios=aspect_ratios)
@@ -83,7 +107,11 @@ def ssd_prior_boxes(image_size=300, feature_sizes=None, steps=None, min_sizes=No
         centre = np.stack([cx, cy], -1).reshape(-1, 1, 2)  # [f*f, 1, 2]
         boxes.append(np.concatenate([centre - wh / 2, centre + wh / 2], -1).reshape(-1, 4))
     boxes = np.concatenate(boxes)
-    if clip:
+    if clip == "center_size":
+        centre = np.clip((boxes[:, :2] + boxes[:, 2:]) / 2, 0.0, float(image_size))
+        size = np.minimum(boxes[:, 2:] - boxes[:, :2], float(image_size))
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], -1)
+    elif clip:
         boxes = np.clip(boxes, 0.0, float(image_size))
     return ops.convert_to_tensor(boxes.astype(np.float32))
 

@@ -58,6 +58,22 @@ def test_matches_numpy(shapes):
     np.testing.assert_allclose(kept + erased, shallow, rtol=1e-6, atol=1e-6)
 
 
+def test_gate_is_squashed_before_upsampling_as_the_paper_writes_it():
+    """p^e = p_s ⊙ U(σ(G(p_s'))) (paper); the third-party order σ(G(U(p_s'))) = σ(U(G(p_s')))
+    gives another gate: with logits of std 2 on 10×10 -> 38×38 the two differ by more than 0.1."""
+    shallow = np.ones((1, 38, 38, 1), "float32")
+    deep = np.random.default_rng(7).normal(scale=2.0, size=(1, 10, 10, 1)).astype("float32")
+    layer = NeighborErasing()
+    layer.build(shallow.shape, deep.shape)
+    layer.gate_conv.set_weights([np.ones((1, 1, 1, 1), "float32"), np.zeros(1, "float32")])
+    erased = ops.convert_to_numpy(layer(shallow, deep)[1])[..., 0]
+    logits = deep.astype(np.float64)
+    paper = numpy_bilinear_resize(1.0 / (1.0 + np.exp(-logits)), 38, 38)[..., 0]
+    third_party = 1.0 / (1.0 + np.exp(-numpy_bilinear_resize(logits, 38, 38)))[..., 0]
+    np.testing.assert_allclose(erased, paper, rtol=1e-5, atol=1e-6)
+    assert np.abs(paper - third_party).max() > 0.1
+
+
 @pytest.mark.parametrize("gate, reduce", [("max", np.max), ("mean", np.mean)])
 def test_pooling_gates(gate, reduce):
     shallow, deep = _inputs(3, (2, 6, 6, 3), (2, 3, 3, 4))

@@ -44,6 +44,35 @@ def test_ssd_prior_order_and_values_hand_computed():
     assert clipped.min() == 0.0 and clipped.max() == 300.0 and priors.min() < 0
 
 
+def numpy_center_size_clamp(priors, size):
+    """ssd.pytorch / lufficc PriorBox with clip: the normalised (cx, cy, w, h) clamped to [0, 1]."""
+    normalised = priors / size
+    cx, cy = normalised[:, 0::2].mean(1), normalised[:, 1::2].mean(1)
+    w, h = normalised[:, 2] - normalised[:, 0], normalised[:, 3] - normalised[:, 1]
+    cx, cy, w, h = (np.clip(v, 0.0, 1.0) for v in (cx, cy, w, h))
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1) * size
+
+
+@pytest.mark.parametrize("size, changed, corner_changed, differ", [(300, 116, 2223, 2221), (512, 42, 4118, 4116)])
+def test_center_size_clip_is_the_pytorch_ports_and_differs_from_corner_clip(size, changed, corner_changed, differ):
+    priors = _np(ssd_prior_boxes(size)).astype(np.float64)
+    ported = _np(ssd_prior_boxes(size, clip="center_size"))
+    corners = _np(ssd_prior_boxes(size, clip="corners"))
+    np.testing.assert_allclose(ported, numpy_center_size_clamp(priors, size), atol=1e-3)
+    np.testing.assert_array_equal(corners, _np(ssd_prior_boxes(size, clip=True)))
+    np.testing.assert_allclose(corners, np.clip(priors, 0, size), atol=1e-4)
+
+    def count(a, b):
+        return int((np.abs(a - b).max(1) > 1e-3).sum())
+
+    assert (count(ported, priors), count(corners, priors), count(ported, corners)) == (changed, corner_changed, differ)
+
+
+def test_ssd_unknown_clip_mode_is_rejected():
+    with pytest.raises(ValueError, match="clip"):
+        ssd_prior_boxes(300, clip="centre")
+
+
 def test_ssd_unknown_size_needs_settings():
     with pytest.raises(ValueError, match="image_size"):
         ssd_prior_boxes(320)
