@@ -17,15 +17,38 @@ from keras_cvx.validation import require_positive_int, require_unit_interval
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class ReZero(keras.layers.Layer):
-    """``y = x + α · F(x)`` with a trainable scalar ``α`` that starts at exactly 0.
+    """``y = S(x) + α · F(x)`` with a trainable scalar ``α`` that starts at exactly 0.
+
+    ``S(x)`` is the identity (``x``) or, for a block that changes the resolution or the width,
+    a shortcut tensor passed in the call (the projection ``P(x)``, e.g. a strided 1×1 conv + BN
+    computed outside the gate). At initialisation the layer is exactly ``S``: the identity, or
+    the projection alone. This is how the authors' ReZNet (ReZero-examples,
+    ``ReZNet-6x_faster_ResNet_training_via_ReZero.ipynb``) gates every block of a ResNet,
+    down-sampling blocks included (there with the option-A shortcut, here with whatever
+    shortcut the caller computes).
 
     Args:
-        layer: the residual branch ``F`` (a Keras layer or model whose output shape equals
-            its input shape).
-        alpha_initializer: initial value of ``α``; the method is defined with ``"zeros"``.
+        layer: the residual branch ``F``: a Keras layer or model whose output shape equals its
+            input shape, or the shape of ``shortcut`` when one is passed.
+        alpha_initializer: initial value of ``α`` (default ``"zeros"``, the method's
+            definition).
 
-    Shapes: any ``(B, ..., D)`` in, the same shape out. ``α`` is stored in float32 under
-    every dtype policy (spec §6.6).
+    Call arguments:
+        inputs: ``x``, any ``(B, ..., D)``.
+        shortcut: optional ``S(x)``, of ``F(x)``'s shape; ``None`` means ``x``.
+
+    Shapes: the output has the shape of ``shortcut`` (or of ``x``). ``α`` is stored in float32
+    under every dtype policy (it starts at 0 and receives small updates).
+
+    Example::
+
+        import keras, numpy as np
+        x = keras.Input((8, 8, 16))
+        branch = keras.Sequential([keras.Input((8, 8, 16)),
+                                   keras.layers.Conv2D(32, 3, strides=2, padding="same")])
+        projection = keras.layers.Conv2D(32, 1, strides=2)(x)
+        y = ReZero(branch)(x, shortcut=projection)          # == projection at initialisation
+        model = keras.Model(x, y)
     """
 
     def __init__(self, layer, alpha_initializer="zeros", **kwargs):
@@ -35,23 +58,26 @@ class ReZero(keras.layers.Layer):
         self.layer = layer
         self.alpha_initializer = keras.initializers.get(alpha_initializer)
 
-    def build(self, input_shape):
+    def build(self, inputs_shape, shortcut_shape=None):
         if not self.layer.built:
-            self.layer.build(input_shape)
-        branch_shape = tuple(self.layer.compute_output_shape(input_shape))
-        if tuple(branch_shape[1:]) != tuple(input_shape[1:]):
+            self.layer.build(inputs_shape)
+        branch_shape = tuple(self.layer.compute_output_shape(inputs_shape))
+        target = inputs_shape if shortcut_shape is None else shortcut_shape
+        if tuple(branch_shape[1:]) != tuple(target[1:]):
+            what = "its input" if shortcut_shape is None else "`shortcut`"
             raise ValueError(
-                f"`layer` must keep the shape of its input for a residual sum; it maps "
-                f"{tuple(input_shape)} to {branch_shape}."
+                f"`layer` must map its input to the shape of {what} for a residual sum; it maps "
+                f"{tuple(inputs_shape)} to {branch_shape}, but the sum needs {tuple(target)}."
             )
         self.alpha = self.add_weight(name="alpha", shape=(), initializer=self.alpha_initializer, dtype="float32")
 
-    def call(self, inputs, training=None):
-        branch = ops.cast(self.layer(inputs, training=training), inputs.dtype)
-        return inputs + ops.cast(self.alpha, inputs.dtype) * branch
+    def call(self, inputs, shortcut=None, training=None):
+        base = inputs if shortcut is None else shortcut
+        branch = ops.cast(self.layer(inputs, training=training), base.dtype)
+        return base + ops.cast(self.alpha, base.dtype) * branch
 
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
+    def compute_output_shape(self, inputs_shape, shortcut_shape=None):
+        return tuple(inputs_shape if shortcut_shape is None else shortcut_shape)
 
     def get_config(self):
         config = super().get_config()

@@ -25,6 +25,40 @@ def test_rezero_harness():
     np.testing.assert_array_equal(outputs, x)
 
 
+def test_rezero_with_shortcut_harness_is_the_shortcut_at_init():
+    """``S + α·F(x)`` with a projection shortcut: at α = 0 the output is ``S`` exactly."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(4, 6)).astype("float32")
+    shortcut = rng.normal(size=(4, 3)).astype("float32")
+    outputs = run_layer_test(
+        ReZero,
+        {"layer": keras.layers.Dense(3, activation="tanh", name="branch")},
+        [x, shortcut],
+        expected_output_shape=(4, 3),
+        expected_num_trainable_weights=3,
+        expected_output=shortcut,
+        tolerance=0.0,
+    )
+    np.testing.assert_array_equal(outputs, shortcut)
+
+
+def test_rezero_with_shortcut_matches_numpy_for_nonzero_alpha():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(5, 6)).astype("float32")
+    shortcut = rng.normal(size=(5, 3)).astype("float32")
+    layer = ReZero(keras.layers.Dense(3, activation="tanh"))
+    layer(x, shortcut=shortcut)
+    layer.alpha.assign(0.37)
+    kernel, bias = (ops.convert_to_numpy(w).astype(np.float64) for w in layer.layer.weights)
+    expected = shortcut + 0.37 * np.tanh(x @ kernel + bias)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x, shortcut=shortcut)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_branch_that_misses_the_shortcut_shape_is_rejected():
+    with pytest.raises(ValueError, match="shortcut"):
+        ReZero(keras.layers.Dense(4))(np.ones((2, 6), "float32"), shortcut=np.ones((2, 3), "float32"))
+
+
 def test_rezero_is_identity_for_a_deep_stack():
     x = np.random.default_rng(1).normal(size=(3, 8)).astype("float32")
     inputs = keras.Input((8,))

@@ -5,11 +5,12 @@ The options the papers compare are made pluggable here once:
 * ``activation``: the static activation of the backbone (``"relu"`` for ResNet, ``"relu6"`` for
   MobileNetV2) or Dynamic ReLU ("Dynamic ReLU", Chen et al., ECCV 2020, arXiv 2003.10027)
   ``"dy_relu_a" | "dy_relu_b" | "dy_relu_c"``: every static activation of the network is
-  replaced by its own ``DynamicReLU`` layer (type A/B/C, K = 2, reduction ``R``; spec §4).
+  replaced by its own ``DynamicReLU`` layer (type A/B/C, K = 2, reduction ``R``, the paper's defaults).
 * ``attention``: ``"se"`` (Squeeze-and-Excitation, arXiv 1709.01507) or ``"ce"`` (Channel
   Equilibrium, arXiv 2003.00214); where they sit is decided by each backbone.
-* ReZero ("ReZero is All You Need", arXiv 2003.04887): a shape-preserving residual block
-  ``y = x + α·F(x)`` becomes ``ReZero(F)`` with the branch ``F`` as a nested Functional model.
+* ReZero ("ReZero is All You Need", arXiv 2003.04887): a residual block ``y = S(x) + α·F(x)``
+  becomes ``ReZero(F)(x, shortcut=S(x))`` with the branch ``F`` as a nested Functional model;
+  ``S`` is the identity or the block's projection, computed outside the gate.
 
 Convolutions follow the PyTorch reference code so that ported weights give the same outputs:
 no bias, BatchNormalization with PyTorch's ε = 1e-5 and momentum 0.1 (Keras ``momentum=0.9``),
@@ -103,12 +104,15 @@ def batch_norm(x, name):
     return keras.layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name=name)(x)
 
 
-def rezero_residual(x, branch, name):
-    """``x + α·branch(x)`` with the branch as a nested Functional model ``{name}_branch`` inside
-    ``ReZero`` (layer ``{name}_rezero``); ``branch`` maps a tensor to a tensor of its shape."""
+def rezero_residual(x, branch, name, shortcut=None):
+    """``S + α·branch(x)`` with the branch as a nested Functional model ``{name}_branch`` inside
+    ``ReZero`` (layer ``{name}_rezero``). ``S`` is ``shortcut`` (e.g. the projection of a
+    down-sampling block, a tensor of the branch's output shape) or, when ``None``, ``x`` itself
+    (then ``branch`` must keep the shape)."""
     inputs = keras.Input(shape=x.shape[1:], name=f"{name}_branch_input")
     model = keras.Model(inputs, branch(inputs), name=f"{name}_branch")
-    return ReZero(model, name=f"{name}_rezero")(x)
+    gate = ReZero(model, name=f"{name}_rezero")
+    return gate(x) if shortcut is None else gate(x, shortcut=shortcut)
 
 
 def check_input_shape(input_shape):

@@ -112,6 +112,21 @@ def test_rezero_residual_is_identity_then_gates_the_branch():
     np.testing.assert_allclose(ops.convert_to_numpy(model(x)), x + 0.5 * (x @ kernel + bias), rtol=1e-5, atol=1e-6)
 
 
+def test_rezero_residual_with_a_projection_shortcut():
+    inputs = keras.Input((4, 4, 8))
+    projection = keras.layers.Conv2D(6, 1, strides=2, name="projection")(inputs)
+    branch = lambda t: keras.layers.Conv2D(6, 3, strides=2, padding="same", name="f")(t)  # noqa: E731
+    model = keras.Model(inputs, rezero_residual(inputs, branch, "block", shortcut=projection))
+    x = np.random.default_rng(2).normal(size=(2, 4, 4, 8)).astype("float32")
+    p_kernel, p_bias = model.get_layer("projection").get_weights()
+    expected = x[:, ::2, ::2] @ p_kernel[0, 0] + p_bias
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected, rtol=1e-5, atol=1e-5)
+    gate = model.get_layer("block_rezero")
+    gate.alpha.assign(0.5)
+    branch_out = ops.convert_to_numpy(gate.layer(x))
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected + 0.5 * branch_out, rtol=1e-5, atol=1e-5)
+
+
 def test_finish_model_outputs():
     inputs = keras.Input((4, 4, 3))
     features = {"C5": keras.layers.Conv2D(6, 1)(inputs)}
