@@ -25,17 +25,22 @@ Blocks (``act`` is ReLU or one DY-ReLU layer per place, ``att`` the attention bl
     basic:           y = act( shortcut(x) + att( BN(conv3×3( act(BN(conv3×3/s(x))) )) ) )
     shortcut:        x, or BN(conv1×1/s(x)) when the stride or the width changes.
 
-Placements from the specs: SE (r = 16, with biases) after the last BN of every block, before
+Placements from the papers and their official code: SE (r = 16, with biases) after the last BN of every block, before
 the add (SE-ResNet). CE after the last BN before the add in stages 1–3 (group size 16) and
 after the stem BN (group size 64); stage 4 has none (official ``ResNetV1CE``). DY-ReLU
-replaces every ReLU: stem, inside the blocks and after the add (spec §4, inferred). SlimConv
+replaces every ReLU: stem, inside the blocks and after the add (our reading of the paper,
+which does not list the places). SlimConv
 only exists for bottleneck blocks (the official code has no basic-block version).
-ReZero follows the authors' ReZNet: ``y = x + α·act(BN(...))`` with the last activation moved
+ReZero follows the authors' ReZNet (ReZero-examples, ``ReZNet-6x_faster_ResNet_training_via_
+ReZero.ipynb``): every block, identity and down-sampling alike, becomes
+``y = shortcut(x) + α·act(BN(...))`` with one scalar ``α`` (init 0), the last activation moved
 into the branch and none after the add (``rezero_branch_activation=True``), or with the
-activation kept after the add (``False``). Deviation: ``keras_cvx.layers.rezero.ReZero``
-computes ``x + α·F(x)`` and needs ``F`` to keep the shape, so only shape-preserving blocks get
-an ``α``; the first block of a stage, which has a projection shortcut, stays ``P(x) + F(x)``
-(the authors' notebook gates those too). ReZero keeps the BatchNorms, as the authors' ResNets.
+activation kept after the add (``False``). ResNet-50 has 16 gates (16 extra parameters); at
+initialisation each block is its shortcut, so the network is the stem followed by the four
+projection shortcuts (``BN(conv1×1/s)``) and nothing else. Difference from the notebook: its
+CIFAR ResNets use the parameter-free option-A shortcut (stride-2 subsampling + zero channel
+padding); here the shortcut stays the ImageNet ResNet's projection ``BN(conv1×1/s)``, computed
+outside the gate. ReZero keeps the BatchNorms, as the authors' ResNets.
 
 Parameter counts (trainable, PyTorch's convention: BN γ/β counted, running statistics not)
 equal the reference code: ResNet-50 25,557,032; SE-ResNet-50 28,088,024; CE-ResNet-50
@@ -44,8 +49,21 @@ equal the reference code: ResNet-50 25,557,032; SE-ResNet-50 28,088,024; CE-ResN
 ``stride_in_1x1=True`` moves the bottleneck stride onto the first 1×1 convolution (the MSRA
 "v1" layout that ``keras.applications.ResNet50`` uses, 3.86 GMACs instead of 4.09 G). With it,
 and the layer names used here (``conv1_conv``, ``conv2_block1_1_conv``, ... as Keras), weights
-of ``keras.applications.ResNet50/101/152`` port one to one: Keras's conv biases fold into the
-BN moving means and its BN ε = 1.001e-5 into the moving variances.
+of ``keras.applications.ResNet50/101/152`` port one to one (``convert_keras_resnet_weights``):
+Keras's conv biases fold into the BN moving means and its BN ε = 1.001e-5 into the moving
+variances. ``weights="imagenet"`` does that with the downloaded ImageNet weights; it needs the
+architecture Keras has (depth 50/101/152, ``stride_in_1x1=True``, ``base_width`` 64, the
+ImageNet stem, 3 input channels, no attention/DY-ReLU/SlimConv/ReZero, 1000 classes with the
+classifier) and raises a ``ValueError`` naming the first argument that differs. The converted
+model takes RGB images minus the ImageNet mean (123.68, 116.779, 103.939), no scaling: conv1's
+input channels are reversed from Keras's BGR (``keras.applications.resnet.preprocess_input``
+gives BGR; reverse its channels, or pass ``rgb_input=False`` to the converter).
+
+Example::
+
+    model = ResNet(50)                                        # torchvision layout, random init
+    features = ResNet(18, include_top=False, input_shape=(224, 224, 3))   # {"C2": ..., "C5": ...}
+    # ResNet(50, stride_in_1x1=True, weights="imagenet") downloads keras.applications' weights
 
 Padding and PyTorch: strided 3×3/7×7 convolutions pad symmetrically (see ``building_blocks``).
 The stem max-pool pads with zeros as Keras applications do; PyTorch pads with −∞, which is the
@@ -101,6 +119,7 @@ def ResNet(
     rezero_branch_activation=True,
     classifier_activation=None,
     name=None,
+    weights=None,
 ):
     """Builds a ResNet as a Functional ``keras.Model``.
 
@@ -109,7 +128,7 @@ def ResNet(
         attention: ``None``, ``"se"`` or ``"ce"``.
         activation: ``"relu"``, ``"dy_relu_a"``, ``"dy_relu_b"`` or ``"dy_relu_c"``.
         conv: ``"standard"`` or ``"slim"`` (SlimConv, bottleneck depths only).
-        rezero: gate the residual branches with ReZero's ``α`` (init 0).
+        rezero: gate the residual branch of every block with ReZero's ``α`` (init 0).
         include_top: add global average pooling and the classifier; otherwise the model
             outputs a dict ``{"C2": ..., "C5": ...}`` of the four stage outputs.
         num_classes: classifier width.
@@ -130,6 +149,9 @@ def ResNet(
             branch and drop the one after the add (the authors' ReZNet).
         classifier_activation: activation of the classifier (``None``: logits).
         name: model name (default e.g. ``"ce_resnet50"``).
+        weights: ``None`` (default, random initialisation) or ``"imagenet"``: the weights of
+            ``keras.applications.ResNet{depth}`` (downloaded by Keras), for the architectures
+            that match it (module docstring); the model then takes RGB minus the ImageNet mean.
 
     Returns:
         A Functional model: logits ``(B, num_classes)``, or the feature dict.
@@ -146,6 +168,14 @@ def ResNet(
         if base_width % 4 or base_width < 32:
             raise ValueError(f"`conv`='slim' needs `base_width` a multiple of 4 and >= 32, got {base_width}.")
     stages = _attention_stages(attention, attention_stages)
+    if weights not in WEIGHTS:
+        raise ValueError(f"`weights` must be one of {list(WEIGHTS)}, got {weights!r}.")
+    if weights == "imagenet":
+        _check_keras_architecture(
+            depth=depth, stride_in_1x1=stride_in_1x1, base_width=base_width, stem=stem, attention=attention,
+            activation=activation, conv=conv, rezero=rezero, channels=input_shape[-1],
+            num_classes=num_classes if include_top else 1000,
+        )
 
     inputs = keras.Input(shape=input_shape, name="images")
     x = _stem(inputs, base_width, stem, options, 0 in stages)
@@ -168,7 +198,72 @@ def ResNet(
     if name is None:
         prefix = "".join(f"{tag}_" for tag in (attention, {"slim": "sc"}.get(conv), _short(activation)) if tag)
         name = f"{prefix}resnet{depth}" + ("_rezero" if rezero else "")
-    return finish_model(inputs, features, include_top, num_classes, classifier_activation, name)
+    model = finish_model(inputs, features, include_top, num_classes, classifier_activation, name)
+    if weights == "imagenet":
+        application = getattr(keras.applications, KERAS_RESNETS[depth])
+        convert_keras_resnet_weights(application(include_top=include_top, weights="imagenet"), model)
+    return model
+
+
+WEIGHTS = (None, "imagenet")
+KERAS_RESNETS = {50: "ResNet50", 101: "ResNet101", 152: "ResNet152"}
+"""Depths with a ``keras.applications`` ResNet (v1, ImageNet weights)."""
+_KERAS_ARCHITECTURE = {
+    "stride_in_1x1": True, "base_width": 64, "stem": "imagenet", "attention": None, "activation": "relu",
+    "conv": "standard", "rezero": False, "channels": 3, "num_classes": 1000,
+}
+_KERAS_BN_EPSILON = 1.001e-5
+
+
+def _check_keras_architecture(depth, **options):
+    if depth not in KERAS_RESNETS:
+        raise ValueError(f"`weights`='imagenet' needs `depth` in {sorted(KERAS_RESNETS)} (keras.applications), got {depth}.")
+    for argument, value in options.items():
+        if value != _KERAS_ARCHITECTURE[argument]:
+            raise ValueError(
+                f"`weights`='imagenet' needs the architecture of keras.applications.{KERAS_RESNETS[depth]}: "
+                f"`{argument}`={_KERAS_ARCHITECTURE[argument]!r}, got {value!r}."
+            )
+
+
+def convert_keras_resnet_weights(source, model, rgb_input=True):
+    """Copies a ``keras.applications`` ResNet (v1: ``ResNet50``/``101``/``152``) into ``model``,
+    a ``ResNet(depth, stride_in_1x1=True)`` of the same depth, layer by layer name.
+
+    Keras's convolutions have biases and its BatchNorms ε = 1.001e-5; ours have no conv bias
+    and ε = 1e-5. With ``BN(conv(x) + b) = γ (conv(x) + b − μ) / √(σ² + ε') + β`` the bias folds
+    into the moving mean (``μ − b``) and the ε difference into the moving variance
+    (``σ² + ε' − ε``), so the converted model computes the same function. The classifier
+    (``predictions``) is copied when both models have it.
+
+    Args:
+        source: the ``keras.applications`` model (any input size, with or without top).
+        model: the target ``ResNet``.
+        rgb_input: reverse conv1's input channels so that ``model`` takes RGB where ``source``
+            takes BGR (default True).
+
+    Returns: ``model``.
+    """
+    source_names = {layer.name for layer in source.layers}
+    for layer in model.layers:
+        if not layer.weights or (layer.name == "predictions" and "predictions" not in source_names):
+            continue
+        if layer.name not in source_names:
+            raise ValueError(
+                f"`source` ({source.name!r}) has no layer {layer.name!r}: `model` must be "
+                "ResNet(depth, stride_in_1x1=True) without attention, DY-ReLU, SlimConv or ReZero."
+            )
+        weights = source.get_layer(layer.name).get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            bias = source.get_layer(layer.name[: -len("bn")] + "conv").get_weights()[1]
+            gamma, beta, mean, variance = weights
+            weights = [gamma, beta, mean - bias, variance + (_KERAS_BN_EPSILON - layer.epsilon)]
+        elif isinstance(layer, keras.layers.Conv2D):
+            weights = weights[:1]
+            if rgb_input and layer.name == "conv1_conv":
+                weights = [weights[0][:, :, ::-1, :]]
+        layer.set_weights(weights)
+    return model
 
 
 def _short(activation):
@@ -239,11 +334,11 @@ def _residual_block(x, branch, out_channels, strides, options, attend, rezero, b
         return h
 
     projection = strides != 1 or x.shape[-1] != out_channels
-    if rezero and not projection:
-        x = rezero_residual(x, full_branch, name)
+    shortcut = conv_bn(x, out_channels, 1, strides, f"{name}_0") if projection else None
+    if rezero:
+        x = rezero_residual(x, full_branch, name, shortcut=shortcut)
     else:
-        shortcut = conv_bn(x, out_channels, 1, strides, f"{name}_0") if projection else x
-        x = keras.layers.Add(name=f"{name}_add")([shortcut, full_branch(x)])
+        x = keras.layers.Add(name=f"{name}_add")([x if shortcut is None else shortcut, full_branch(x)])
     if not activation_in_branch:
         x = options.activate(x, f"{name}_out")
     return x

@@ -8,7 +8,7 @@ from keras_cvx.layers.dynamic_relu import DynamicReLU
 from keras_cvx.layers.rezero import ReZero
 from keras_cvx.layers.slim_conv import SlimConv2D
 from keras_cvx.layers.squeeze_excite import SqueezeExcite
-from keras_cvx.models.backbones.resnet import ResNet
+from keras_cvx.models.backbones.resnet import ResNet, convert_keras_resnet_weights
 from keras_cvx.models.complexity import count_macs, count_parameters
 from tests.models.backbones.helpers import assert_keras_round_trip, covers_every_pair, layers_of, pairwise_rows
 
@@ -73,12 +73,19 @@ def test_dy_relu_resnet18_replaces_all_17_relus():
     assert not layers_of(model, keras.layers.ReLU)
 
 
-def test_rezero_adds_one_alpha_per_identity_block():
+def test_rezero_gates_all_16_blocks_of_resnet50():
+    """ReZNet gates every block, the four down-sampling (projection) blocks included."""
     model = ResNet(50, rezero=True)
     gates = layers_of(model, ReZero)
-    assert len(gates) == 16 - 4  # the first block of each stage has a projection shortcut
-    assert count_parameters(model) == RESNET50 + 12
+    assert len(gates) == 16
+    assert count_parameters(model) == RESNET50 + 16
     assert all(float(ops.convert_to_numpy(g.alpha)) == 0.0 for g in gates)
+    # the first block of each stage sums the gated branch onto its projection BN(conv1x1/s(x))
+    for stage in (2, 3, 4, 5):
+        node = model.get_layer(f"conv{stage}_block1_rezero")._inbound_nodes[0]
+        shortcut = node.arguments.kwargs["shortcut"]
+        assert shortcut._keras_history.operation.name == f"conv{stage}_block1_0_bn"
+    assert not [layer for layer in model.layers if layer.name.endswith("_add")]
 
 
 def tiny(depth, **kwargs):
@@ -96,6 +103,37 @@ def test_rezero_blocks_are_identity_at_init():
     probe = keras.Model(model.input, [model.get_layer("conv1_relu").output, model.get_layer("conv2_block1_rezero").output])
     before, after = (ops.convert_to_numpy(t) for t in probe(images(0), training=True))
     np.testing.assert_array_equal(after, before)
+
+
+def numpy_projection(x, model, name):
+    """BN(conv1×1/s(x)) at inference, from the layer weights (the stride samples 0, s, 2s, ...)."""
+    conv, bn = model.get_layer(f"{name}_0_conv"), model.get_layer(f"{name}_0_bn")
+    stride = conv.strides[0]
+    kernel = ops.convert_to_numpy(conv.kernel).astype(np.float64)[0, 0]
+    gamma, beta, mean, variance = (ops.convert_to_numpy(w).astype(np.float64) for w in bn.weights)
+    y = x[:, ::stride, ::stride, :] @ kernel
+    return gamma * (y - mean) / np.sqrt(variance + bn.epsilon) + beta
+
+
+@pytest.mark.parametrize("depth", [10, 26])
+def test_rezero_resnet_is_the_projection_only_function_at_init(depth):
+    """α = 0 everywhere: every identity block is the identity and every down-sampling block
+    its projection, so C2..C5 are the stem output pushed through the projections alone."""
+    model = tiny(depth, include_top=False, rezero=True)
+    rng = np.random.default_rng(8)
+    for layer in model.layers:  # non-trivial BN statistics so the projections are not near-identity
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.5, 2, c)])
+    x = images(9)
+    stem = ops.convert_to_numpy(keras.Model(model.input, model.get_layer("conv1_relu").output)(x)).astype(np.float64)
+    features = {k: ops.convert_to_numpy(v) for k, v in model(x, training=False).items()}
+    expected = stem
+    for stage, key in zip((2, 3, 4, 5), ("C2", "C3", "C4", "C5")):
+        if f"conv{stage}_block1_0_conv" in [layer.name for layer in model.layers]:
+            expected = numpy_projection(expected, model, f"conv{stage}_block1")
+        np.testing.assert_allclose(features[key], expected, rtol=1e-4, atol=1e-4)
+    assert len(layers_of(model, ReZero)) == {10: 4, 26: 8}[depth]
 
 
 def test_rezero_post_activation_variant_keeps_relu_after_add():
@@ -164,44 +202,76 @@ def test_mixed_precision_gives_finite_float32_logits():
     assert keras.backend.standardize_dtype(features["C5"].dtype) == "float16"
 
 
-def port_keras_resnet(source, target):
-    """Copies keras.applications ResNet weights into ResNet(stride_in_1x1=True): Keras's conv
-    bias b folds into the BN mean (μ − b) and its ε = 1.001e-5 into the variance."""
-    for layer in target.layers:
-        if not layer.weights:
-            continue
-        weights = source.get_layer(layer.name).get_weights()
-        if isinstance(layer, keras.layers.BatchNormalization):
-            bias = source.get_layer(layer.name[: -len("bn")] + "conv").get_weights()[1]
-            gamma, beta, mean, variance = weights
-            weights = [gamma, beta, mean - bias, variance + (1.001e-5 - 1e-5)]
-        elif isinstance(layer, keras.layers.Conv2D):
-            weights = weights[:1]
-        layer.set_weights(weights)
-
-
-def test_equals_keras_applications_resnet50_with_ported_weights():
-    """keras.applications.ResNet50 strides in the first 1×1 conv ("v1"); with
-    ``stride_in_1x1=True`` and ported weights the logits agree. Its conv biases are the
-    only extra parameters (26,560)."""
-    reference = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=7, classifier_activation=None)
-    rng = np.random.default_rng(5)
+def randomise_keras_statistics(reference, seed):
+    """Random BN statistics and conv biases, so the bias/ε folding is exercised."""
+    rng = np.random.default_rng(seed)
     for layer in reference.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.gamma.shape[0]
             layer.set_weights([rng.uniform(0.5, 1.0, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 2.0, c)])
         elif isinstance(layer, keras.layers.Conv2D):
             layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape))
+    return rng
+
+
+def test_equals_keras_applications_resnet50_with_converted_weights():
+    """keras.applications.ResNet50 strides in the first 1×1 conv ("v1"); with
+    ``stride_in_1x1=True`` and converted weights the logits agree, on BGR input for Keras and
+    the same image in RGB for ours (``rgb_input=True``) or BGR (``rgb_input=False``). Keras's
+    conv biases are the only extra parameters (26,560)."""
+    reference = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=7, classifier_activation=None)
+    rng = randomise_keras_statistics(reference, 5)
     model = ResNet(50, stride_in_1x1=True, input_shape=(64, 64, 3), num_classes=7)
     conv_biases = sum(layer.filters for layer in reference.layers if isinstance(layer, keras.layers.Conv2D))
     assert conv_biases == 26_560
     assert count_parameters(reference) == count_parameters(model) + conv_biases
     assert count_macs(reference) == count_macs(model)
-    port_keras_resnet(reference, model)
-    x = rng.normal(size=(2, 64, 64, 3)).astype("float32")
-    expected = ops.convert_to_numpy(reference(x))
-    actual = ops.convert_to_numpy(model(x))
+    bgr = rng.normal(size=(2, 64, 64, 3)).astype("float32")
+    expected = ops.convert_to_numpy(reference(bgr))
+    convert_keras_resnet_weights(reference, model)
+    actual = ops.convert_to_numpy(model(bgr[..., ::-1]))
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    convert_keras_resnet_weights(reference, model, rgb_input=False)
+    actual = ops.convert_to_numpy(model(bgr))
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.tensorflow_only
+def test_imagenet_weights_come_from_keras_applications(monkeypatch):
+    reference = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
+    randomise_keras_statistics(reference, 6)
+    calls = []
+
+    def fake_resnet50(**kwargs):
+        calls.append(kwargs)
+        return reference
+
+    monkeypatch.setattr(keras.applications, "ResNet50", fake_resnet50)
+    model = ResNet(50, stride_in_1x1=True, include_top=False, input_shape=(64, 64, 3), weights="imagenet")
+    assert calls == [{"include_top": False, "weights": "imagenet"}]
+    x = np.random.default_rng(7).normal(size=(1, 64, 64, 3)).astype("float32")
+    expected = ops.convert_to_numpy(reference(x[..., ::-1]))
+    actual = ops.convert_to_numpy(model(x)["C5"])
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"depth": 34}, "depth"),
+        ({"stride_in_1x1": False}, "stride_in_1x1"),
+        ({"rezero": True}, "rezero"),
+        ({"attention": "se"}, "attention"),
+        ({"base_width": 32}, "base_width"),
+        ({"num_classes": 10}, "num_classes"),
+        ({"input_shape": (64, 64, 1)}, "channels"),
+        ({"weights": "resnet50.h5"}, "weights"),
+    ],
+)
+def test_imagenet_weights_need_the_keras_architecture(kwargs, argument):
+    arguments = {"depth": 50, "stride_in_1x1": True, "weights": "imagenet", "input_shape": (64, 64, 3), **kwargs}
+    with pytest.raises(ValueError, match=argument):
+        ResNet(**arguments)
 
 
 def test_default_stride_placement_differs_from_keras(resnet50):

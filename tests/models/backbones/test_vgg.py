@@ -139,3 +139,119 @@ def test_netnet300_module_parameters(full_width):
         ntm.append(transferring.count_params())
     assert nem == [257, 257] and ntm == [590_080, 590_080]
     assert sum(nnfm) + sum(nem) + sum(ntm) == 2_885_634
+
+
+def numpy_conv3x3(x, kernel, bias, dilation=1):
+    """'same' 3×3 convolution (+ ReLU) of one image [H, W, C] as one matrix product of the
+    nine shifted copies (im2col), float32."""
+    padded = np.pad(x, [(dilation, dilation), (dilation, dilation), (0, 0)])
+    height, width = x.shape[:2]
+    columns = np.concatenate(
+        [padded[dy * dilation : dy * dilation + height, dx * dilation : dx * dilation + width] for dy in range(3) for dx in range(3)],
+        axis=-1,
+    )
+    out = columns.reshape(height * width, -1) @ kernel.reshape(-1, kernel.shape[-1]) + bias
+    return np.maximum(out, 0.0).reshape(height, width, -1)
+
+
+def numpy_max_pool(x, size, stride):
+    """Max pooling of [H, W, C] with Caffe's ceil mode (windows past the border see only real
+    pixels); ``stride`` 1 is SSD's pool5 (3×3/1, padding 1)."""
+    height, width = x.shape[:2]
+    if stride == 1:
+        padded = np.pad(x, [(1, 1), (1, 1), (0, 0)], constant_values=-np.inf)
+        return np.max([padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)], axis=0)
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    padded = np.pad(x, [(0, out_h * stride - height), (0, out_w * stride - width), (0, 0)], constant_values=-np.inf)
+    return padded.reshape(out_h, stride, out_w, stride, -1).max(axis=(1, 3))
+
+
+def numpy_ssd_trunk(rgb, vgg16):
+    """conv4_3 and conv7 of VGG16-SSD computed from the keras.applications VGG16 weights: the
+    BGR image through block1..block5, then SSD's pool5 (3×3/1), fc6 read as a 7×7 kernel and
+    applied at taps 0/3/6 (dilation 6) for every 4th unit, and fc7's every 4th row/column."""
+    weights = {layer.name: layer.get_weights() for layer in vgg16.layers if layer.weights}
+    h = rgb[0, :, :, ::-1]
+    for block, count in enumerate((2, 2, 3, 3, 3), start=1):
+        if block > 1:
+            h = numpy_max_pool(h, 2, 2)
+        for index in range(1, count + 1):
+            h = numpy_conv3x3(h, *weights[f"block{block}_conv{index}"])
+        if block == 4:
+            conv4_3 = h
+    h = numpy_max_pool(h, 3, 1)
+    fc6_kernel, fc6_bias = weights["fc1"]
+    taps = np.zeros((3, 3, 512, 1024), "float32")
+    for a in range(3):
+        for b in range(3):
+            row = ((3 * a) * 7 + 3 * b) * 512  # pool5 position (3a, 3b) of the flattened 7x7x512 input
+            taps[a, b] = fc6_kernel[row : row + 512, 0::4]
+    h = numpy_conv3x3(h, taps, fc6_bias[0::4], dilation=6)
+    fc7_kernel, fc7_bias = weights["fc2"]
+    conv7 = np.maximum(h @ fc7_kernel[0::4, 0::4] + fc7_bias[0::4], 0.0)
+    return conv4_3[None], conv7[None]
+
+
+@pytest.fixture(scope="module")
+def random_vgg16():
+    """keras.applications.VGG16 with the classifier, random weights and random biases."""
+    keras.utils.set_random_seed(3)
+    vgg16 = keras.applications.VGG16(weights=None, include_top=True)
+    rng = np.random.default_rng(4)
+    for layer in vgg16.layers:
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0.0, 0.05, layer.bias.shape).astype("float32"))
+    return vgg16
+
+
+@pytest.mark.tensorflow_only  # 138M-parameter keras.applications model: minutes under JAX
+def test_converted_trunk_equals_numpy_from_vgg16_weights(random_vgg16):
+    from keras_cvx.models.backbones.vgg import convert_vgg16_weights
+
+    model = convert_vgg16_weights(random_vgg16, VGG16SSD(300))
+    probe = keras.Model(model.input, [model.get_layer("conv4_3").output, model.get_layer("conv7").output])
+    rgb = np.random.default_rng(5).uniform(-120, 130, size=(1, 300, 300, 3)).astype("float32")
+    conv4_3, conv7 = (ops.convert_to_numpy(t) for t in probe(rgb))
+    expected_4_3, expected_7 = numpy_ssd_trunk(rgb, random_vgg16)
+    assert conv4_3.shape == (1, 38, 38, 512) and conv7.shape == (1, 19, 19, 1024)
+    for actual, expected in ((conv4_3, expected_4_3), (conv7, expected_7)):
+        assert (expected > 0).mean() > 0.2  # the ReLUs are not all off
+        np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+    # the trunk that gets ImageNet weights: VGG16 convs + conv6 + conv7 (+ L2Norm γ, which keeps 20)
+    trunk = keras.Model(model.input, [model.output["p1"], model.output["p2"]])
+    assert trunk.count_params() == 20_484_416
+    assert model.count_params() == 20_484_416 + 2_459_520
+
+
+@pytest.mark.tensorflow_only
+def test_imagenet_weights_come_from_keras_applications(random_vgg16, monkeypatch):
+    calls = []
+
+    def fake_vgg16(**kwargs):
+        calls.append(kwargs)
+        return random_vgg16
+
+    monkeypatch.setattr(keras.applications, "VGG16", fake_vgg16)
+    model = VGG16SSD(300, weights="imagenet")
+    assert calls == [{"include_top": True, "weights": "imagenet"}]
+    kernel, bias = model.get_layer("conv6").get_weights()
+    fc6_kernel, fc6_bias = random_vgg16.get_layer("fc1").get_weights()
+    np.testing.assert_array_equal(kernel[1, 2, :, 5], fc6_kernel[(3 * 7 + 6) * 512 : (3 * 7 + 6) * 512 + 512, 20])
+    np.testing.assert_array_equal(bias, fc6_bias[::4])
+    first = model.get_layer("conv1_1").get_weights()[0]
+    np.testing.assert_array_equal(first[:, :, 0], random_vgg16.get_layer("block1_conv1").get_weights()[0][:, :, 2])
+
+
+def test_imagenet_weights_need_the_paper_width():
+    with pytest.raises(ValueError, match="width_multiplier"):
+        VGG16SSD(300, width_multiplier=0.5, weights="imagenet")
+    with pytest.raises(ValueError, match="weights"):
+        VGG16SSD(300, weights="vgg16.h5")
+
+
+def test_converter_rejects_a_vgg16_without_its_classifier(tiny_300):
+    from keras_cvx.models.backbones.vgg import convert_vgg16_weights
+
+    headless = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="include_top"):
+        convert_vgg16_weights(headless, tiny_300)
