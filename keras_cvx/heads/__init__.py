@@ -1,3 +1,5 @@
 """Detection heads."""
 
 from keras_cvx.heads.ssd import SSDHead
+from keras_cvx.heads.condinst import CondInstController, CondInstMaskBranch, CondInstSemanticHead
+from keras_cvx.heads.fcos import FCOSHead

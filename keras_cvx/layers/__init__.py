@@ -16,3 +16,5 @@ from keras_cvx.layers.tau_normalized_dense import (
     TauNormalizedDense,
     tau_normalized_from_dense,
 )
+from keras_cvx.layers.dynamic_mask_head import DynamicMaskHead
+from keras_cvx.layers.fcos_decoder import FCOSDecoder

@@ -5,3 +5,6 @@ from keras_cvx.losses.distillation import TopKDistillation
 from keras_cvx.losses.equalization import EqualizationLoss, SoftmaxEqualizationLoss, tail_class_mask
 from keras_cvx.losses.equalization_v2 import EqualizationLossV2
 from keras_cvx.losses.multibox import MultiBoxLoss
+from keras_cvx.losses.dice import DiceLoss
+from keras_cvx.losses.focal import SigmoidFocalLoss
+from keras_cvx.losses.iou import IoULoss

@@ -4,3 +4,7 @@ from keras_cvx.models.backbones import VGG16SSD, MobileNetV2, ResNet, feature_ex
 from keras_cvx.models.complexity import count_macs, count_parameters
 from keras_cvx.models.digit_convnet import digit_convnet
 from keras_cvx.models.ssd_net import SSDNet
+from keras_cvx.models.anchor_generators import FCOSLocations
+from keras_cvx.models.condinst import CondInst
+from keras_cvx.models.label_encoders import FCOSLabelEncoder
+from keras_cvx.models.necks import FeaturePyramid

@@ -9,6 +9,9 @@ which is what the reference computes by replicate-padding one row/column at the 
 resizing with ``align_corners=True`` to ``f h + 1``, replicate-padding ``floor(f / 2)`` at
 the start and cropping the first ``f h``. Here each axis is one matrix product with a static
 ``(f h, h)`` interpolation matrix (NHWC, static shapes, XLA friendly); ``f = 1`` is the identity.
+``method="gather"`` computes the same values from the two neighbouring rows/columns of each
+output position (2 taps instead of ``h``): cheaper for large outputs (CondInst's x4
+post-processing of 100 masks to the input resolution), slower to differentiate.
 The output has the input's dtype.
 """
 
@@ -18,11 +21,15 @@ from keras import ops
 from keras_cvx.validation import require_positive_int
 
 
-def _interpolation_matrix(length, factor):
+def _taps(length, factor):
+    """``(low, high, weight_high)`` of each output position along an axis of ``length``."""
     position = np.clip((np.arange(factor * length) - factor // 2) / factor, 0.0, length - 1)
-    low = np.floor(position).astype(int)
-    high = np.minimum(low + 1, length - 1)
-    weight_high = position - low
+    low = np.floor(position).astype(np.int32)
+    return low, np.minimum(low + 1, length - 1).astype(np.int32), (position - low).astype(np.float32)
+
+
+def _interpolation_matrix(length, factor):
+    low, high, weight_high = _taps(length, factor)
     matrix = np.zeros((factor * length, length))
     rows = np.arange(factor * length)
     np.add.at(matrix, (rows, low), 1.0 - weight_high)
@@ -30,11 +37,24 @@ def _interpolation_matrix(length, factor):
     return matrix
 
 
-def aligned_bilinear(x, factor):
-    """Up-samples ``x [B, H, W, C]`` to ``[B, f H, f W, C]`` as CondInst does."""
+def _interpolate_axis(x, axis, factor):
+    low, high, weight = _taps(x.shape[axis], factor)
+    shape = [1] * len(x.shape)
+    shape[axis] = len(weight)
+    weight = ops.convert_to_tensor(weight.reshape(shape), x.dtype)
+    return ops.take(x, low, axis=axis) * (1.0 - weight) + ops.take(x, high, axis=axis) * weight
+
+
+def aligned_bilinear(x, factor, method="matmul"):
+    """Up-samples ``x [B, H, W, C]`` to ``[B, f H, f W, C]`` as CondInst does (``method``
+    ``"matmul"`` or ``"gather"``, same values; see the module docstring)."""
     factor = require_positive_int("factor", factor)
+    if method not in ("matmul", "gather"):
+        raise ValueError(f"`method` must be 'matmul' or 'gather', got {method!r}.")
     if factor == 1:
         return x
+    if method == "gather":
+        return _interpolate_axis(_interpolate_axis(x, 1, factor), 2, factor)
     _, height, width, _ = x.shape
     rows = ops.convert_to_tensor(_interpolation_matrix(height, factor), x.dtype)
     cols = ops.convert_to_tensor(_interpolation_matrix(width, factor), x.dtype)

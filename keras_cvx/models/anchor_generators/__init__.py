@@ -1,0 +1,3 @@
+"""Anchor generators: the anchors or locations a detector predicts at, as small serializable objects."""
+
+from keras_cvx.models.anchor_generators.fcos import FCOSLocations

@@ -1,0 +1,430 @@
+"""CondInst: instance segmentation with FCOS and dynamic mask heads, in one Keras model.
+
+Paper: "Conditional Convolutions for Instance Segmentation", Z. Tian, C. Shen, H. Chen,
+ECCV 2020, arXiv 2003.05664, as released in AdelaiDet (configs ``Base-CondInst.yaml``,
+``MS_R_50_1x.yaml``); the detector is FCOS ("FCOS: Fully Convolutional One-Stage Object
+Detection", arXiv 1904.01355) with the improved-FCOS options.
+
+Anatomy (every part is a constructor argument, defaults in brackets)::
+
+    images (RGB 0..255) - pixel_mean
+      -> backbone [ResNet-50]            {"C3", "C4", "C5"} (any model returning those keys)
+      -> neck [FeaturePyramid P3-P7]     P6 = conv(P5), P7 = conv(ReLU(P6)), 256 channels
+      -> head [FCOSHead]                 class_logits, box_regression, centerness_logits, box tower
+      -> controller [CondInstController] mask_params: 169 per location, from the box tower
+      -> mask_branch [CondInstMaskBranch] mask_features: P3..P5 -> 8 channels at stride 8
+    training:  anchor_generator [FCOSLocations] + label_encoder [FCOSLabelEncoder] -> targets
+               -> focal + GIoU + center-ness losses; dice loss of the dynamic heads
+                  (mask_head [DynamicMaskHead]) of up to ``max_proposals`` sampled positives
+    inference: decoder [FCOSDecoder] -> 100 detections -> their dynamic heads -> masks
+
+Losses (``compute_loss``; the terms are the Keras metrics ``loss_cls``, ``loss_box``,
+``loss_ctr``, ``loss_mask`` (and ``loss_sem``), shown in ``model.fit``'s logs, and the dict
+``loss_terms(y, y_pred)`` returns)::
+
+    loss_cls  = Σ focal(α 0.25, γ 2) over locations x classes / N_pos
+    loss_box  = Σ_pos c* (1 - GIoU) / Σ_pos c*          c* the center-ness targets
+    loss_ctr  = Σ_pos BCE(ctr, c*) / N_pos
+    loss_mask = mean over the sampled positives of the dice loss at stride 4
+    loss_sem  = Σ focal(semantic logits) / #positive pixels x classes   (``semantic_loss=True``)
+
+Under ``tf.distribute`` (``keras_cvx.losses.replicas``) ``compute_loss`` returns the replica's
+share of the global-batch loss: ``N_pos`` and ``Σ c*`` are the global counts the
+``keras_cvx.training.Trainer`` sums from ``loss_normalizers(y)``; the dice and semantic
+terms are per-replica means (``replica_share``), as AdelaiDet's per-GPU means.
+
+Ground truth (``y``, the ``keras_cvx.data.coco`` contract): ``boxes [B, M, 4]`` ``xyxy``
+pixels, ``labels [B, M]`` (``-1`` padding) and ``masks [B, M, H / 4, W / 4]`` 0/1 on the
+stride-4 grid (``coco_dataset(..., mask_stride=4)``); their centres of mass are the
+center-sampling centres.
+
+Inference (``predict_step``; AdelaiDet ``postprocess``): ``FCOSDecoder`` (score =
+sqrt(cls x ctr) above 0.05, top 1000 per level, class-aware NMS 0.6, 100 detections), the
+dynamic head of every detection, sigmoid, ``aligned_bilinear`` x4 to the input resolution,
+threshold 0.5. Output ``{"boxes" [B, 100, 4] (clipped to the image), "scores", "classes",
+"num_detections", "masks"}`` with ``masks`` uint8 ``[B, 100, H, W]`` 0/1: full-image masks
+(not cropped by their box) at the model's input resolution, zeros on padding rows. The
+exported SavedModel maps them to the original image (``keras_cvx.export``).
+
+Differences from the reference implementation:
+
+* static shapes: the image size is fixed (``image_size``, a multiple of 32); the mask loss
+  always runs ``max_proposals`` instance slots (a uniformly random subset of the positives
+  of the replica's batch when there are more, unused slots weigh 0). AdelaiDet caps at 500
+  per GPU of 2 images; with more images per replica use ``max_proposals = 250 x batch``.
+* images are padded with 0 before the mean is subtracted (AdelaiDet pads after
+  normalising, so its padding is the mean colour).
+* GT masks at stride 4 come from the input pipeline's resize (bilinear on the stride-4
+  grid, threshold 0.5) rather than point samples of the full-resolution bitmask; mask
+  centres of mass are computed from them (``mask_centers``).
+* the box-loss normaliser is ``max(Σ c*, 1)`` (``normalized_sum``; AdelaiDet uses
+  ``max(Σ c*, 1e-6)``), different only when the whole global batch has Σ c* < 1.
+* the backbone is trained entirely with its BatchNorm in training mode unless you freeze it
+  (AdelaiDet freezes the stem and res2 and uses frozen BN with ImageNet weights).
+* the semantic-loss targets use the stride-4 masks sampled at the stride-8 centres and their
+  stride-4 areas.
+"""
+
+import copy
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_cvx.heads.condinst import CondInstController, CondInstMaskBranch, CondInstSemanticHead
+from keras_cvx.heads.fcos import FCOSHead
+from keras_cvx.layers.dynamic_mask_head import DynamicMaskHead
+from keras_cvx.layers.fcos_decoder import FCOSDecoder
+from keras_cvx.losses.dice import dice_loss
+from keras_cvx.losses.focal import sigmoid_focal_loss
+from keras_cvx.losses.iou import ltrb_iou_loss
+from keras_cvx.losses.replicas import normalized_sum, replica_share
+from keras_cvx.models.anchor_generators.fcos import FCOSLocations
+from keras_cvx.models.backbones.resnet import ResNet
+from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder, mask_centers
+from keras_cvx.models.necks.fpn import FeaturePyramid
+from keras_cvx.ops.boxes import clip_boxes
+from keras_cvx.ops.upsampling import aligned_bilinear
+from keras_cvx.validation import require_positive, require_positive_int
+
+RESNET_DEPTHS = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+"""RGB mean subtracted from the input (Detectron2's BGR mean in RGB order; std 1)."""
+LOSS_NAMES = ("loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_sem")
+
+
+def _image_size(image_size):
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        image_size = (int(image_size), int(image_size))
+    if (not isinstance(image_size, (list, tuple)) or len(image_size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 32 or v % 32
+                   for v in image_size)):
+        raise ValueError(f"`image_size` must be (height, width) (or an int), multiples of 32, got {image_size!r}.")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _deserialize(value, default):
+    if value is None:
+        return default()
+    if isinstance(value, dict):
+        return keras.saving.deserialize_keras_object(value)
+    return value
+
+
+@keras.saving.register_keras_serializable(package="keras_cvx")
+class CondInst(keras.Model):
+    """CondInst instance segmentation model (see the module docstring).
+
+    Paper: "Conditional Convolutions for Instance Segmentation", arXiv 2003.05664.
+
+    Args:
+        num_classes: object classes K (no background column).
+        image_size: ``(height, width)`` of the (padded) input, multiples of 32; default (800, 800).
+        backbone: ``"resnet50"`` (default), ``"resnet10"``, ``"resnet18"``, ``"resnet34"``,
+            ``"resnet101"`` (``keras_cvx.models.ResNet``), or a ``keras.Model`` taking
+            ``[B, H, W, 3]`` (RGB minus ``pixel_mean``) and returning a dict with ``"C3"``, ``"C4"``,
+            ``"C5"`` at strides 8, 16, 32.
+        backbone_width: width multiplier of a named ResNet (base width 64 x it); default 1.
+        neck: ``FeaturePyramid`` with P3..P7 (default ``FeaturePyramid(256, 3, 7, "conv")``).
+        head: an ``FCOSHead`` with ``return_box_features=True`` (default: 4 convs, 5 levels).
+        controller: ``CondInstController`` (default: ``mask_head.num_params`` outputs).
+        mask_branch: ``CondInstMaskBranch`` (default 128 channels, 8 outputs).
+        mask_head: ``DynamicMaskHead`` (default 3 layers of 8 channels, output stride 4).
+        anchor_generator: ``FCOSLocations`` (default strides 8..128).
+        label_encoder: ``FCOSLabelEncoder`` (default sizes of interest 64..512, radius 1.5).
+        decoder: ``FCOSDecoder`` (default 0.05, top 1000, NMS 0.6, 100 detections).
+        semantic_loss: add the auxiliary semantic-segmentation loss (default False).
+        max_proposals: instance slots of the mask loss per replica batch (default 500).
+        mask_threshold: mask probability threshold of ``predict_step`` (default 0.5).
+        pixel_mean: RGB mean subtracted from the input (default ImageNet's 123.675, 116.28, 103.53).
+        seed: seed of the proposal sampling.
+
+    Call: ``model(images [B, H, W, 3], training=None)`` -> ``{"class_logits": [B, N, K],
+    "box_regression": [B, N, 4] (l, t, r, b in strides), "centerness_logits": [B, N],
+    "mask_params": [B, N, 169], "mask_features": [B, H/8, W/8, 8]}`` (and ``"semantic_logits"``
+    ``[B, H/8, W/8, K]`` when training with ``semantic_loss``), ``N`` the FCOS locations.
+    ``predict_step(images)`` -> detections with masks (module docstring).
+
+    Example:
+
+    >>> import numpy as np
+    >>> model = CondInst(3, image_size=64, backbone="resnet10", backbone_width=0.125,
+    ...                  neck=FeaturePyramid(16), head=FCOSHead(3, groups=4, return_box_features=True),
+    ...                  mask_branch=CondInstMaskBranch(16), decoder=FCOSDecoder(max_detections=5))
+    >>> out = model.predict_step(np.zeros((1, 64, 64, 3), "float32"))
+    >>> tuple(out["masks"].shape), tuple(out["boxes"].shape)
+    ((1, 5, 64, 64), (1, 5, 4))
+    """
+
+    def __init__(self, num_classes, image_size=(800, 800), backbone="resnet50", backbone_width=1.0, neck=None,
+                 head=None, controller=None, mask_branch=None, mask_head=None, anchor_generator=None,
+                 label_encoder=None, decoder=None, semantic_loss=False, max_proposals=500, mask_threshold=0.5,
+                 pixel_mean=IMAGENET_MEAN, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = require_positive_int("num_classes", int(num_classes) if isinstance(
+            num_classes, np.integer) else num_classes)
+        self.image_size = _image_size(image_size)
+        self.backbone_width = require_positive("backbone_width", backbone_width)
+        self.semantic_loss = bool(semantic_loss)
+        self.max_proposals = require_positive_int("max_proposals", max_proposals)
+        if not 0.0 < float(mask_threshold) < 1.0:
+            raise ValueError(f"`mask_threshold` must be in (0, 1), got {mask_threshold!r}.")
+        self.mask_threshold = float(mask_threshold)
+        if len(pixel_mean) != 3:
+            raise ValueError(f"`pixel_mean` must be 3 numbers (R, G, B), got {pixel_mean!r}.")
+        self.pixel_mean = tuple(float(m) for m in pixel_mean)
+        self.seed = seed
+
+        height, width = self.image_size
+        if isinstance(backbone, str):
+            if backbone not in RESNET_DEPTHS:
+                raise ValueError(f"`backbone` must be one of {sorted(RESNET_DEPTHS)} or a keras.Model, got {backbone!r}.")
+            self._backbone_name = backbone
+            backbone = ResNet(RESNET_DEPTHS[backbone], include_top=False, input_shape=(height, width, 3),
+                              base_width=max(8, int(round(64 * self.backbone_width))))
+        elif isinstance(backbone, keras.Model):
+            self._backbone_name = None
+        else:
+            raise ValueError(f"`backbone` must be one of {sorted(RESNET_DEPTHS)} or a keras.Model, got {backbone!r}.")
+        self.backbone = backbone
+        outputs = backbone.output if hasattr(backbone, "output") else None
+        if not isinstance(outputs, dict) or any(k not in outputs for k in ("C3", "C4", "C5")):
+            raise ValueError("`backbone` must return a dict with 'C3', 'C4' and 'C5' (strides 8, 16, 32), got "
+                             f"{None if outputs is None else type(outputs).__name__}.")
+        self._backbone_shapes = {k: tuple(outputs[k].shape) for k in ("C3", "C4", "C5")}
+
+        self.neck = _deserialize(neck, FeaturePyramid)
+        if (self.neck.min_level, self.neck.max_level) != (3, 7):
+            raise ValueError(f"`neck` must give P3..P7, got P{self.neck.min_level}..P{self.neck.max_level}.")
+        self.mask_head = _deserialize(mask_head, DynamicMaskHead)
+        self.head = _deserialize(head, lambda: FCOSHead(self.num_classes, return_box_features=True))
+        if not self.head.return_box_features or self.head.num_classes != self.num_classes:
+            raise ValueError("`head` must be an FCOSHead with `num_classes` = the model's and return_box_features=True.")
+        self.controller = _deserialize(controller, lambda: CondInstController(self.mask_head.num_params))
+        if self.controller.num_params != self.mask_head.num_params:
+            raise ValueError(f"`controller` gives {self.controller.num_params} parameters per location; `mask_head` "
+                             f"needs {self.mask_head.num_params}.")
+        self.mask_branch = _deserialize(mask_branch, CondInstMaskBranch)
+        if self.mask_branch.out_channels != self.mask_head.mask_channels:
+            raise ValueError(f"`mask_branch` gives {self.mask_branch.out_channels} channels; `mask_head` expects "
+                             f"{self.mask_head.mask_channels}.")
+        self.anchor_generator = _deserialize(anchor_generator, FCOSLocations)
+        self.label_encoder = _deserialize(label_encoder, FCOSLabelEncoder)
+        self.decoder = _deserialize(decoder, FCOSDecoder)
+        self.semantic_head = CondInstSemanticHead(self.num_classes, name="semantic_head") if self.semantic_loss else None
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.loss_trackers = [keras.metrics.Mean(name=name) for name in LOSS_NAMES[: 4 + self.semantic_loss]]
+
+        self._pyramid_shapes = self.neck.compute_output_shape(self._backbone_shapes)
+        level_shapes = [self._pyramid_shapes[f"P{l}"] for l in range(3, 8)]
+        self.level_sizes = tuple(int(s[1] * s[2]) for s in level_shapes)
+        locations, levels = self.anchor_generator(self.image_size, [s[1:3] for s in level_shapes])
+        self.locations, self.levels = locations, levels
+        self.location_strides = np.asarray(self.anchor_generator.strides, np.float32)[levels]
+        self.mask_stride = self.mask_head.mask_out_stride
+        self.build((None, height, width, 3))
+
+    @property
+    def num_locations(self):
+        return int(self.locations.shape[0])
+
+    def build(self, input_shape=None):
+        """Builds every part from the static shapes (done by ``__init__``)."""
+        if self.built:
+            return
+        self.neck.build(self._backbone_shapes)
+        pyramid = [self._pyramid_shapes[f"P{l}"] for l in range(3, 8)]
+        self.head.build(pyramid)
+        self.controller.build(pyramid)
+        self.mask_branch.build(pyramid[:3])
+        self.mask_head.build(self.mask_branch.compute_output_shape(pyramid[:3]))
+        if self.semantic_head is not None:
+            self.semantic_head.build(pyramid[0])
+        self.built = True
+
+    def call(self, images, training=None):
+        x = ops.cast(images, "float32") - np.asarray(self.pixel_mean, "float32")
+        features = self.backbone(x, training=training)
+        pyramid = self.neck({k: features[k] for k in ("C3", "C4", "C5")})
+        levels = [pyramid[f"P{l}"] for l in range(3, 8)]
+        out = dict(self.head(levels))
+        out["mask_params"] = self.controller(out.pop("box_features"))
+        out["mask_features"] = self.mask_branch(levels[:3], training=training)
+        if training and self.semantic_head is not None:
+            out["semantic_logits"] = self.semantic_head(levels[0], training=training)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        batch, n = input_shape[0], self.num_locations
+        h8, w8 = self._pyramid_shapes["P3"][1:3]
+        return {"class_logits": (batch, n, self.num_classes), "box_regression": (batch, n, 4),
+                "centerness_logits": (batch, n), "mask_params": (batch, n, self.mask_head.num_params),
+                "mask_features": (batch, h8, w8, self.mask_head.mask_channels)}
+
+    # ------------------------------------------------------------------ training
+
+    def _check_targets(self, y):
+        if not isinstance(y, dict) or any(k not in y for k in ("boxes", "labels", "masks")):
+            raise ValueError("CondInst needs targets {'boxes', 'labels', 'masks'} (coco_dataset(..., mask_stride="
+                             f"{self.mask_stride})), got {list(y) if isinstance(y, dict) else type(y).__name__}.")
+        expected = (self.image_size[0] // self.mask_stride, self.image_size[1] // self.mask_stride)
+        if tuple(y["masks"].shape[-2:]) != expected:
+            raise ValueError(f"`masks` must be [B, M, {expected[0]}, {expected[1]}] (stride {self.mask_stride}), "
+                             f"got shape {tuple(y['masks'].shape)}.")
+
+    def assign_targets(self, y):
+        """FCOS targets of the ground truth ``y`` (``FCOSLabelEncoder`` output) with the masks'
+        centres of mass as sampling centres."""
+        self._check_targets(y)
+        centers = mask_centers(y["masks"], y["boxes"], self.mask_stride)
+        return self.label_encoder(y["boxes"], y["labels"], self.locations, self.levels, centers)
+
+    def loss_normalizers(self, y):
+        """Counts that normalise the FCOS losses, from the ground truth only:
+        ``{"num_positives", "centerness_sum"}`` (float32). ``keras_cvx.training.Trainer`` sums
+        them over the replicas and passes the sums back in ``y["loss_normalizers"]``."""
+        targets = self.assign_targets(y)
+        return {"num_positives": ops.sum(ops.cast(targets["labels"] >= 0, "float32")),
+                "centerness_sum": ops.sum(targets["centerness_targets"])}
+
+    def sample_instances(self, positive):
+        """Up to ``max_proposals`` positives of the batch, uniformly at random: ``(flat_index
+        [P] int32 into B x N, valid [P] bool)``. Static ``P = max_proposals``."""
+        flat = ops.reshape(positive, (-1,))
+        priority = ops.where(flat, keras.random.uniform(ops.shape(flat), seed=self.seed_generator), -1.0)
+        padding = ops.full((self.max_proposals,), -1.0)  # so that top_k has enough entries
+        values, index = ops.top_k(ops.concatenate([priority, padding]), self.max_proposals)
+        valid = values >= 0.0
+        return ops.where(valid, ops.cast(index, "int32"), 0), valid
+
+    def _mask_loss(self, y, y_pred, targets, image_weight):
+        positive = targets["labels"] >= 0
+        num = self.num_locations
+        index, valid = self.sample_instances(positive)
+        image = index // num
+        location = index % num
+        params = ops.take(ops.reshape(y_pred["mask_params"], (-1, self.mask_head.num_params)), index, axis=0)
+        logits = self.mask_head(y_pred["mask_features"], params, ops.take(self.locations, location, axis=0),
+                                ops.take(self.levels, location, axis=0), image)
+        num_gt = y["masks"].shape[1]
+        gt = ops.take(ops.reshape(y["masks"], (-1,) + tuple(y["masks"].shape[2:])),
+                      image * num_gt + ops.maximum(ops.take(ops.reshape(targets["matched_gt"], (-1,)), index), 0),
+                      axis=0)
+        weight = ops.cast(valid, "float32") * ops.take(image_weight, image)
+        losses = dice_loss(gt, logits, from_logits=True)
+        mean = ops.sum(weight * losses) / ops.maximum(ops.sum(ops.cast(valid, "float32")), 1.0)
+        return replica_share(mean)
+
+    def semantic_targets(self, y):
+        """One-hot ``[B, H/8, W/8, K]`` targets of the semantic loss: at each stride-8 centre the
+        class of the smallest GT mask covering it (AdelaiDet ``MaskBranch``), zeros elsewhere."""
+        masks = ops.cast(y["masks"], "float32")
+        h8, w8 = self._pyramid_shapes["P3"][1:3]
+        rows = [min((8 * i + 4) // self.mask_stride, masks.shape[2] - 1) for i in range(h8)]
+        cols = [min((8 * j + 4) // self.mask_stride, masks.shape[3] - 1) for j in range(w8)]
+        sampled = ops.take(ops.take(masks, np.asarray(rows, np.int32), axis=2), np.asarray(cols, np.int32), axis=3)
+        labels = ops.cast(y["labels"], "int32")
+        cover = (sampled > 0.5) & (labels >= 0)[:, :, None, None]
+        area = ops.sum(masks, axis=(2, 3))[:, :, None, None]
+        best = ops.argmin(ops.where(cover, area, float("inf")), axis=1)  # [B, h, w]
+        classes = ops.take_along_axis(labels, ops.reshape(best, (-1, h8 * w8)), axis=1)
+        one_hot = ops.one_hot(ops.maximum(classes, 0), self.num_classes)
+        covered = ops.reshape(ops.any(cover, axis=1), (-1, h8 * w8, 1))
+        return ops.reshape(one_hot * ops.cast(covered, "float32"), (-1, h8, w8, self.num_classes))
+
+    def loss_terms(self, y, y_pred, sample_weight=None):
+        """The loss terms (float32 scalars, each the replica's share): ``loss_cls``, ``loss_box``,
+        ``loss_ctr``, ``loss_mask`` (and ``loss_sem``); ``sample_weight [B]`` weighs images."""
+        targets = self.assign_targets(y)
+        labels = targets["labels"]
+        positive = ops.cast(labels >= 0, "float32")
+        image_weight = ops.ones_like(positive[:, 0]) if sample_weight is None else ops.cast(
+            ops.reshape(sample_weight, (-1,)), "float32")
+        location_weight = image_weight[:, None]
+        one_hot = ops.one_hot(ops.maximum(labels, 0), self.num_classes) * positive[..., None]
+        focal = sigmoid_focal_loss(one_hot, y_pred["class_logits"])
+        terms = {"loss_cls": normalized_sum(ops.sum(ops.sum(focal, axis=-1) * location_weight), ops.sum(positive), y,
+                                            key="num_positives")}
+        ctr_targets = targets["centerness_targets"]
+        giou = ltrb_iou_loss(targets["box_targets"], y_pred["box_regression"], "giou")
+        box_total = ops.sum(ops.where(positive > 0, giou * ctr_targets, 0.0) * location_weight)
+        terms["loss_box"] = normalized_sum(box_total, ops.sum(ctr_targets), y, key="centerness_sum")
+        ctr_logits = ops.cast(y_pred["centerness_logits"], "float32")
+        bce = ops.relu(ctr_logits) - ctr_logits * ctr_targets + ops.log1p(ops.exp(-ops.abs(ctr_logits)))
+        terms["loss_ctr"] = normalized_sum(ops.sum(bce * positive * location_weight), ops.sum(positive), y,
+                                           key="num_positives")
+        terms["loss_mask"] = self._mask_loss(y, y_pred, targets, image_weight)
+        if self.semantic_loss and "semantic_logits" in y_pred:
+            semantic = self.semantic_targets(y)
+            focal = sigmoid_focal_loss(semantic, y_pred["semantic_logits"])
+            total = ops.sum(ops.sum(focal, axis=(1, 2, 3)) * image_weight)
+            terms["loss_sem"] = replica_share(total / ops.maximum(ops.sum(semantic), 1.0))
+        return terms
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The sum of ``loss_terms`` (module docstring); each term also updates the Keras metric of
+        its name. Under a ``tf.distribute`` strategy this is the replica's share of the
+        global-batch loss."""
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        terms = self.loss_terms(y, y_pred, sample_weight)
+        for tracker in self.loss_trackers:
+            if tracker.name in terms:
+                tracker.update_state(terms[tracker.name])
+        return ops.sum(ops.stack(list(terms.values())))
+
+    # ------------------------------------------------------------------ inference
+
+    def decode(self, predictions):
+        """Detections with full-image masks from the output of ``call`` (module docstring)."""
+        distances = ops.cast(predictions["box_regression"], "float32") * self.location_strides[:, None]
+        detections = dict(self.decoder(predictions["class_logits"], distances, predictions["centerness_logits"],
+                                       self.locations, level_sizes=self.level_sizes))
+        index = detections.pop("locations")
+        valid = index >= 0
+        index = ops.maximum(index, 0)
+        slots = index.shape[1]
+        params = ops.take_along_axis(ops.cast(predictions["mask_params"], "float32"), index[..., None], axis=1)
+        images = ops.zeros_like(index) + ops.arange(ops.shape(index)[0], dtype="int32")[:, None]
+        flat = ops.reshape(index, (-1,))
+        logits = self.mask_head(predictions["mask_features"], ops.reshape(params, (-1, self.mask_head.num_params)),
+                                ops.take(self.locations, flat, axis=0), ops.take(self.levels, flat, axis=0),
+                                ops.reshape(images, (-1,)))
+        h4, w4 = logits.shape[1], logits.shape[2]
+        probabilities = ops.transpose(ops.reshape(ops.sigmoid(logits), (-1, slots, h4, w4)), (0, 2, 3, 1))
+        factor = self.image_size[0] // h4
+        full = ops.transpose(aligned_bilinear(probabilities, factor, method="gather"), (0, 3, 1, 2))
+        masks = (full > self.mask_threshold) & valid[:, :, None, None]
+        detections["masks"] = ops.cast(masks, "uint8")
+        detections["boxes"] = clip_boxes(detections["boxes"], self.image_size)
+        return detections
+
+    def predict_step(self, *args):
+        """``predict_step(images)`` -> ``decode(self(images))``. Keras's JAX trainer calls
+        ``predict_step(state, data)`` and expects ``(outputs, non_trainable_variables)``."""
+        if len(args) == 2:
+            outputs, state = keras.Model.predict_step(self, *args)
+            return self.decode(outputs), state
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
+        return self.decode(self(x, training=False))
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            num_classes=self.num_classes, image_size=list(self.image_size),
+            backbone=self._backbone_name or serialize(self.backbone), backbone_width=self.backbone_width,
+            neck=serialize(self.neck), head=serialize(self.head), controller=serialize(self.controller),
+            mask_branch=serialize(self.mask_branch), mask_head=serialize(self.mask_head),
+            anchor_generator=serialize(self.anchor_generator), label_encoder=serialize(self.label_encoder),
+            decoder=serialize(self.decoder), semantic_loss=self.semantic_loss, max_proposals=self.max_proposals,
+            mask_threshold=self.mask_threshold, pixel_mean=list(self.pixel_mean), seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = copy.deepcopy(config)
+        if isinstance(config.get("backbone"), dict):
+            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
