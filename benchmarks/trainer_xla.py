@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_cvx.losses.replicas import replica_share
 from keras_cvx.training.trainer import Trainer
 
 
@@ -38,7 +39,7 @@ class SmallConvNet(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         logp = ops.log_softmax(ops.cast(y_pred, "float32"))
-        return -ops.mean(ops.take_along_axis(logp, ops.expand_dims(y, -1), axis=-1))
+        return replica_share(-ops.mean(ops.take_along_axis(logp, ops.expand_dims(y, -1), axis=-1)))
 
 
 def make_trainer(jit_compile, images):

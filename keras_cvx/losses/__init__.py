@@ -8,3 +8,4 @@ from keras_cvx.losses.multibox import MultiBoxLoss
 from keras_cvx.losses.dice import DiceLoss
 from keras_cvx.losses.focal import SigmoidFocalLoss
 from keras_cvx.losses.iou import IoULoss
+from keras_cvx.losses.replicas import normalized_sum, replica_share

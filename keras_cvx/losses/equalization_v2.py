@@ -18,21 +18,19 @@ hook, computed in the forward pass (same numbers, no hook).
 
 Why a layer and not a ``keras.losses.Loss``: the statistics are state that must be saved with
 the model; a ``Loss`` has no tracked variables. Put it in the model (e.g. as an attribute of
-the detector) and call it from ``compute_loss``; its three non-trainable variables are then
+the detector) and call it from ``compute_loss``; its two non-trainable variables are then
 saved in ``.keras`` files and checkpoints and updated inside compiled steps (TF and JAX).
 
 Output: per-RoI values [R] whose mean is L (each valid row's Σ_j W BCE is scaled by
 R / #valid; label −1 marks padding rows, which give 0 and are not counted and not collected).
 
-Cross-replica reduction: ``pos_grad`` and ``neg_grad`` are ``keras.Variable`` with
-``synchronization="on_read"`` and ``aggregation="sum"``. Under a ``tf.distribute`` strategy each
-replica adds its own RoIs' statistics locally (no collective inside the XLA-compiled step);
-every cross-replica read (saving, checkpoints, ``get_weights``, ``statistics()``) returns the
-sum over replicas, i.e. the all-reduced statistics of the reference. Deviation: inside a step a
-replica weights its loss with its own accumulated statistics, whose ratio g estimates the global
-one (each replica sees an i.i.d. shard); the reference all-reduces every step. The ratio
-``g`` is an ``on_read``/``"mean"`` variable. Without a strategy (and under JAX) these are
-ordinary variables.
+Cross-replica reduction: ``pos_grad`` and ``neg_grad`` are variables with
+``aggregation="sum"``. Under a ``tf.distribute`` strategy, ``keras_cvx.training.Trainer``
+collects every replica's increments inside the compiled step and adds their sum to the
+statistics of every replica when it commits the step, so every replica holds the statistics
+of the whole global batch, as the reference's all-reduce does every step (1 device on the
+concatenated batch equals N replicas). The ratio g is computed from the statistics when
+the weights are needed (100 while ``neg_grad`` is still 0, i.e. before any update).
 """
 
 import keras
@@ -74,30 +72,27 @@ class EqualizationLossV2(keras.layers.Layer):
                 f"`logits` must have num_classes + 1 = {self.num_classes + 1} columns, got {tuple(logits_shape)}."
             )
 
-        def statistic(name, value, aggregation):
-            return keras.Variable(
-                initializer=keras.initializers.Constant(value),
-                shape=(self.num_classes,),
-                dtype="float32",
-                trainable=False,
-                aggregation=aggregation,
-                synchronization="on_read",
-                name=name,
-            )
+        def statistic(name):
+            return self.add_weight(shape=(self.num_classes,), initializer="zeros", dtype="float32",
+                                   trainable=False, aggregation="sum", name=name)
 
-        self.pos_grad = statistic("pos_grad", 0.0, "sum")
-        self.neg_grad = statistic("neg_grad", 0.0, "sum")
-        self.pos_neg_ratio = statistic("pos_neg_ratio", INITIAL_RATIO, "mean")
+        self.pos_grad = statistic("pos_grad")
+        self.neg_grad = statistic("neg_grad")
+
+    def pos_neg_ratio(self):
+        """The ratio g [C] of the accumulated statistics (100 before any update)."""
+        pos_grad, neg_grad = ops.convert_to_tensor(self.pos_grad), ops.convert_to_tensor(self.neg_grad)
+        return ops.where(neg_grad > 0, pos_grad / (neg_grad + 1e-10), INITIAL_RATIO)
 
     def class_weights(self):
         """``(pos_w, neg_w)`` [C] from the current statistics."""
-        neg_w = ops.sigmoid(self.gamma * (ops.convert_to_tensor(self.pos_neg_ratio) - self.mu))
+        neg_w = ops.sigmoid(self.gamma * (self.pos_neg_ratio() - self.mu))
         return 1.0 + self.alpha * (1.0 - neg_w), neg_w
 
     def statistics(self):
         """Accumulated ``pos_grad``, ``neg_grad`` and ratio ``g`` as NumPy arrays."""
         return {name: ops.convert_to_numpy(v) for name, v in
-                (("pos_grad", self.pos_grad), ("neg_grad", self.neg_grad), ("pos_neg_ratio", self.pos_neg_ratio))}
+                (("pos_grad", self.pos_grad), ("neg_grad", self.neg_grad), ("pos_neg_ratio", self.pos_neg_ratio()))}
 
     def call(self, logits, labels, training=None):
         logits = ops.cast(logits, "float32")
@@ -119,7 +114,6 @@ class EqualizationLossV2(keras.layers.Layer):
         probabilities, targets, weights = (t[:, : self.num_classes] for t in (probabilities, targets, weights))
         self.pos_grad.assign_add(ops.sum(ops.abs(probabilities - 1.0) * targets * weights * row, axis=0))
         self.neg_grad.assign_add(ops.sum(probabilities * (1.0 - targets) * weights * row, axis=0))
-        self.pos_neg_ratio.assign(ops.convert_to_tensor(self.pos_grad) / (ops.convert_to_tensor(self.neg_grad) + 1e-10))
 
     def compute_output_shape(self, logits_shape, labels_shape=None):
         return (logits_shape[0],)

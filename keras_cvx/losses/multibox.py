@@ -20,6 +20,12 @@ that the ``"sum"`` reduction gives L (and ``sample_weight`` weighs images). With
 in the batch L = 0 (Caffe's behaviour; amdegroot/ssd.pytorch divides by zero) with finite
 (zero) gradients.
 
+N_pos under ``tf.distribute`` (``keras_cvx.losses.replicas``): when ``y_true`` holds
+``"loss_normalizers": {"num_positives": n}`` (the positives of the global batch, summed over the
+replicas by ``keras_cvx.training.Trainer``), N_pos = n and the replicas' losses sum to the loss
+of one process on the global batch; otherwise N_pos is the replica's own count and the result
+is divided by the replica count (the mean of the replicas' normalised losses).
+
 Hard negative mining uses static shapes only: the candidates' background losses (−inf for
 positives and ignored priors) are ranked per image with two argsorts (rank of every prior),
 and ``rank < num_neg_i`` selects the negatives (as ssd.pytorch's ``loss_idx.sort`` trick, no
@@ -27,13 +33,12 @@ data-dependent gather). Ignored priors are never mined. The ranking does not car
 Ties between equal background losses are broken by the sort's order (measure-zero for real
 logits).
 
-Why ``reduction="sum"``: the per-image terms are already divided by the batch's positives.
-Keras's default ``"sum_over_batch_size"`` would divide again by B, and under ``tf.distribute``
-it also divides by the replica count (``scale_loss_for_distribution``), which
-``keras_cvx.training.Trainer`` already does once; see that module's docstring. Under a strategy
-N_pos is the replica's positives (the Trainer averages the replicas' losses).
+Why ``reduction="sum"``: the per-image terms are already normalised. Keras's default
+``"sum_over_batch_size"`` would divide again by B (and by the replica count under
+``tf.distribute``).
 
-Inputs: ``y_true = {"box_targets": [B, N, 4], "class_targets": [B, N] int}``,
+Inputs: ``y_true = {"box_targets": [B, N, 4], "class_targets": [B, N] int}`` (optionally
+``"loss_normalizers"``, above),
 ``y_pred = {"box_deltas": [B, N, 4], "class_logits": [B, N, K]}``. Packed tensors are accepted
 too (for a single-output model): ``y_true`` [B, N, 5] = box targets then the class target (as a
 float), ``y_pred`` [B, N, 4 + K] = box deltas then logits. Everything is computed in float32
@@ -43,6 +48,7 @@ whatever the dtype policy.
 import keras
 from keras import ops
 
+from keras_cvx.losses.replicas import normalized_sum
 from keras_cvx.validation import require_positive
 
 
@@ -118,8 +124,8 @@ class MultiBoxLoss(keras.losses.Loss):
         # Masked before smooth-L1: non-finite targets of non-positives give no NaN gradient.
         difference = ops.where(positives[..., None], box_deltas - box_targets, 0.0)
         localization = ops.sum(smooth_l1(difference), axis=(1, 2))
-        normalizer = ops.maximum(ops.cast(ops.sum(num_positives), "float32"), 1.0)
-        return (confidence + self.localization_weight * localization) / normalizer
+        per_image = confidence + self.localization_weight * localization
+        return normalized_sum(per_image, ops.sum(num_positives), y_true)
 
     def get_config(self):
         return {

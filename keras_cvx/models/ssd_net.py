@@ -22,7 +22,7 @@ prior), SSD coding with variances 0.1/0.2 (``ops.boxes.encode_boxes`` with weigh
 (10, 10, 5, 5)) in pixels -- identical to the normalised coding because both sides scale --,
 class target = label + 1 for positives and 0 (background) otherwise; the loss is
 ``MultiBoxLoss`` (softmax CE with 3:1 hard-negative mining + smooth-L1, divided by the
-replica's positives). Decoding (``predict_step``): a swappable decoder layer, by default
+positives of the global batch under ``keras_cvx.training.Trainer``). Decoding (``predict_step``): a swappable decoder layer, by default
 ``SSDDecoder`` (softmax, decode, per-class top-400, class-aware NMS 0.45, 100 detections).
 
 Backbones and the pyramid:
@@ -74,6 +74,7 @@ from keras_cvx.layers.neighbor_transferring import POOL_TYPES, NeighborTransferr
 from keras_cvx.layers.nn_fusion import NearestNeighborFusion
 from keras_cvx.layers.ssd_decoder import SSDDecoder
 from keras_cvx.losses.multibox import MultiBoxLoss
+from keras_cvx.losses.replicas import LOSS_NORMALIZERS
 from keras_cvx.models.backbones.resnet import ResNet
 from keras_cvx.models.backbones.vgg import SSD_EXTRAS, VGG16SSD, scaled_channels
 from keras_cvx.ops.anchors import SSD_CONFIGS, ssd_prior_boxes
@@ -366,12 +367,25 @@ class SSDNet(keras.Model):
             "class_targets": ops.where(positive, matched_labels + 1, 0),
         }
 
+    def loss_normalizers(self, y):
+        """The counts that normalise the loss, for this batch: ``{"num_positives": float32}``,
+        the priors matched to a ground truth. ``keras_cvx.training.Trainer`` sums them over the
+        replicas and passes the sums back in ``y["loss_normalizers"]`` (see
+        ``keras_cvx.losses.replicas``)."""
+        positives = self.assign_targets(y["boxes"], y["labels"])["class_targets"] > 0
+        return {"num_positives": ops.sum(ops.cast(positives, "float32"))}
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """``MultiBoxLoss`` of ``y_pred`` against the targets assigned to ``y`` (the data target
-        contract: ``boxes``, ``labels``; other keys are ignored); ``sample_weight`` ``[B]`` weighs images."""
+        contract: ``boxes``, ``labels``, and the optional ``loss_normalizers`` of the Trainer;
+        other keys are ignored); ``sample_weight`` ``[B]`` weighs images. Under a
+        ``tf.distribute`` strategy this is the replica's share of the global-batch loss."""
         if y_pred is None:
             y_pred = self(x, training=training)
-        return self.multibox_loss(self.assign_targets(y["boxes"], y["labels"]), y_pred, sample_weight=sample_weight)
+        targets = self.assign_targets(y["boxes"], y["labels"])
+        if LOSS_NORMALIZERS in y:
+            targets[LOSS_NORMALIZERS] = y[LOSS_NORMALIZERS]
+        return self.multibox_loss(targets, y_pred, sample_weight=sample_weight)
 
     def decode(self, predictions):
         """Padded detections (``boxes`` clipped to the image, ``scores``, ``classes``,

@@ -3,4 +3,4 @@
 from keras_cvx.training.checkpoints import TrainingCheckpoint, is_chief
 from keras_cvx.training.cli import build_trainer, make_parser, make_strategy
 from keras_cvx.training.schedules import WarmupCosineDecay, WarmupStepDecay
-from keras_cvx.training.trainer import Trainer
+from keras_cvx.training.trainer import NonFiniteLossError, Trainer

@@ -1,41 +1,64 @@
 """``Trainer``: a custom ``tf.distribute`` training loop for any Keras model that implements
-``compute_loss`` (every keras_cvx detector and classifier).
+``compute_loss`` (every keras_cvx detector and classifier, and Keras models compiled with a loss).
+
+The rule, under every strategy (default, ``MirroredStrategy``, ``MultiWorkerMirroredStrategy``):
+one step applies the gradient of the loss of the *global* batch (the dataset's batch, split
+over the replicas), so N replicas or N workers train exactly as one process on that batch,
+and the learning rate is the one for the global batch size. Scaling out with the same
+global batch changes nothing but the speed; growing the global batch with the replicas
+calls for the learning rate you would use for that batch on one device (e.g. the linear
+scaling rule).
 
 Why not ``model.fit``: Keras 3 ``fit`` fails under ``MultiWorkerMirroredStrategy``
 (keras-team/keras#20585) and ``fit(jit_compile=True)`` fails under ``MirroredStrategy`` on
 several CPU devices. Here one step is::
 
-    strategy.run(replica_step)                       # per replica
-        loss, grads = forward_backward(x, y)         # tf.function(jit_compile=True): XLA
-        loss, grads = replica_ctx.all_reduce(SUM)    # gradient all-reduce, outside XLA
-        unscale (mixed_float16), clip by global norm, finite check (same on every replica)
-        replica_ctx.merge_call(apply_or_skip)        # cross-replica: tf.cond(finite, ...)
-            apply: call_for_each_replica(optimizer.apply(grads / num_replicas))
-            skip:  skipped_steps += 1 (and the loss scale is halved)
+    strategy.run(replica_step)                             # per replica
+        counts = model.loss_normalizers(y); all_reduce(SUM) (models that have it)
+        loss, grads, state = forward_backward(x, y)        # tf.function(jit_compile=True): XLA
+        loss, grads = all_reduce(SUM)                      # the global-batch loss and gradient
+        state = all_reduce(MEAN) (SUM of the increments for "sum"-aggregated variables)
+        finite check (same on every replica), clip by the global norm
+        replica_ctx.merge_call(commit_or_skip)             # cross-replica: tf.cond(finite, ...)
+            commit: optimizer update on every replica; assign the reduced state
+            skip:   nothing changes (skipped_steps += 1; the loss scale is halved)
 
-Loss scaling for global-batch semantics: ``compute_loss`` returns the loss averaged over
-the replica's examples; the trainer multiplies it by ``1 / num_replicas_in_sync``, so the
-SUM all-reduce of losses and gradients is the mean over the global batch. This needs equal
-per-replica batches: batch the dataset with the global batch size and
-``drop_remainder=True``. Losses normalised by a per-replica count (detectors divide by
-their positives) give the mean of the replicas' normalised losses, not a loss normalised
-by the global count (as Detectron2 and TF Model Garden without a cross-replica sum of
-positives); 1 device and N replicas agree exactly only for per-example means.
+The loss: ``compute_loss`` returns the replica's share of the global-batch loss, so the SUM
+over replicas is the loss of one process (Keras's own convention under ``tf.distribute``:
+its ``"sum_over_batch_size"`` losses divide by the replica count;
+``keras_cvx.losses.replicas`` gives the same to keras_cvx's models). A model whose loss is a
+sum normalised by a count (a detector's positives) reports the counts in
+``loss_normalizers(y) -> dict``; the trainer sums them over the replicas before the compiled
+step and passes the sums as ``y["loss_normalizers"]``, so the division uses the count of the
+global batch (as Detectron2 and TF Model Garden do). Batch the dataset with the global batch
+size and ``drop_remainder=True`` (equal replica batches).
 
-Keras ``Loss`` objects with the default ``"sum_over_batch_size"`` reduction already divide
-by ``num_replicas_in_sync`` under a strategy (``scale_loss_for_distribution``); models must
-not use them inside ``compute_loss`` (use ``reduction="sum"`` and divide by the count, or
-``keras.ops``), or the loss is divided twice.
+State a layer updates in the forward pass (BatchNorm moving statistics, ChannelEquilibrium's
+running whitening, EQL v2's gradient statistics): the compiled step computes it without
+assigning it (``keras.StatelessScope``); the trainer then reduces it over the replicas and
+commits it with the update, only when the step is finite. Floating-point state becomes the
+mean over the replicas (for a per-replica BatchNorm: the moving averages of the replicas'
+batch statistics averaged, as a single process that normalised each replica's share of the
+batch separately would hold), or, for variables created with ``aggregation="sum"``, the old
+value plus the sum of the replicas' increments (accumulated statistics). Every replica and
+worker then holds the same values, so any worker's checkpoint equals the chief's. Integer
+state (random-seed counters) stays per replica.
 
 Keras 3 optimizers under ``tf.distribute``: ``optimizer.apply`` called in replica context
 all-reduces (SUM) the gradients it is given before the update, and ``maybe_merge_call``
 fails when it is called in cross-replica context. The gradients are therefore reduced once
 by the trainer (clipping and the finite check need the global gradient) and handed to
 ``apply`` divided by ``num_replicas_in_sync``, so the optimizer's own SUM restores them
-(exactly when the replica count is a power of two, within one rounding otherwise). This
-costs a second all-reduce; it is the price of not touching optimizer internals. The update
-runs inside ``tf.cond`` in cross-replica context, the pattern Keras's own
+(exactly when the replica count is a power of two, within one rounding otherwise). The
+update runs inside ``tf.cond`` in cross-replica context, the pattern Keras's own
 ``LossScaleOptimizer`` uses.
+
+Non-finite steps: a step whose loss, gradients or new state is not finite changes nothing --
+no weights, no optimizer slots, no BatchNorm statistics. After ``max_consecutive_nonfinite``
+such steps in a row training stops with ``NonFiniteLossError`` naming the step and what was
+not finite (with ``mixed_float16`` loss scaling, overflowing gradients alone are the normal
+way the scale adapts and do not count). Checkpoints are never written with a non-finite
+tensor.
 
 Mixed precision: under a ``mixed_float16`` model policy the optimizer is wrapped in
 ``keras.optimizers.LossScaleOptimizer`` (dynamic loss scaling; a non-finite step halves
@@ -52,23 +75,61 @@ checkpoints; ``optimizer.iterations`` counts applied updates and drives the lear
 schedule.
 """
 
-import tensorflow as tf
-import keras
+import logging
 
+import keras
+import tensorflow as tf
+
+from keras_cvx.losses.replicas import LOSS_NORMALIZERS
 from keras_cvx.training.checkpoints import TrainingCheckpoint, is_chief
 from keras_cvx.training.progress import TrainingProgress
 from keras_cvx.training.summaries import ScalarWriter
 from keras_cvx.validation import require_positive, require_positive_int
 
+logger = logging.getLogger(__name__)
+
+# Bits of the per-step status: what was not finite.
+_LOSS, _GRADIENTS, _STATE = 1, 2, 4
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped: too many consecutive steps had a non-finite loss, gradient or state."""
+
+
+def _describe(status):
+    parts = [name for bit, name in ((_LOSS, "the loss"), (_GRADIENTS, "gradients"), (_STATE, "the layer state "
+             "(e.g. BatchNorm statistics)")) if status & bit]
+    return " and ".join(parts)
+
+
+def _all_finite(tensors):
+    finite = tf.constant(True)
+    for t in tensors:
+        finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(t)))
+    return finite
+
+
+def _is_float(variable):
+    return keras.backend.is_float_dtype(variable.dtype)
+
+
+def _tf_variable(variable):
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
 
 class Trainer:
-    """Trains ``model`` with ``optimizer`` under ``strategy``.
+    """Trains ``model`` with ``optimizer`` under ``strategy`` (see the module docstring).
+
+    Under every strategy a step applies the gradient of the global batch's loss: N replicas
+    or workers train exactly as one process on the same global batch, and the learning rate
+    is the one for that global batch size.
 
     Create the model and the optimizer inside ``strategy.scope()`` (after setting the dtype
     policy). An unbuilt model is built on zeros shaped like one example of the dataset.
 
     Args:
-        model: a ``keras.Model`` implementing ``compute_loss(x, y, y_pred, training=True)``.
+        model: a ``keras.Model`` implementing ``compute_loss(x, y, y_pred, training=True)``
+            (optionally ``loss_normalizers(y) -> dict`` of counts to sum over replicas).
         optimizer: a Keras optimizer (a schedule as learning rate is evaluated on
             ``optimizer.iterations``).
         strategy: a ``tf.distribute.Strategy``; default: the current one.
@@ -83,7 +144,23 @@ class Trainer:
             TensorBoard (``eval/``).
         eval_every: see ``eval_fn``.
         log_every: update the progress bar and TensorBoard every this many steps.
+        max_consecutive_nonfinite: stop with ``NonFiniteLossError`` after this many skipped
+            non-finite steps in a row.
         verbose: 0 silent, 1 progress bar, 2 one line per update.
+
+    Example:
+
+    ```python
+    import keras, numpy as np, tensorflow as tf
+    from keras_cvx.training import Trainer
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = np.ones((8, 4), "float32"), np.zeros((8,), "int32")
+    dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
+    result = Trainer(model, keras.optimizers.SGD(0.1), verbose=0).fit(dataset, steps=2)
+    assert result["step"] == 2
+    ```
     """
 
     def __init__(
@@ -100,6 +177,7 @@ class Trainer:
         eval_fn=None,
         eval_every=None,
         log_every=10,
+        max_consecutive_nonfinite=5,
         verbose=1,
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -115,6 +193,7 @@ class Trainer:
         self.eval_fn = eval_fn
         self.eval_every = None if eval_every is None else require_positive_int("eval_every", eval_every)
         self.log_every = require_positive_int("log_every", log_every)
+        self.max_consecutive_nonfinite = require_positive_int("max_consecutive_nonfinite", max_consecutive_nonfinite)
         self.verbose = verbose
         self.is_chief = is_chief(self.strategy)
         with self.strategy.scope():
@@ -132,53 +211,101 @@ class Trainer:
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
         self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=self.jit_compile)
+        self._loss_normalizers = None
+        if callable(getattr(model, "loss_normalizers", None)):
+            # Not XLA: an XLA-compiled function before the step's collectives desynchronises them
+            # across MirroredStrategy's CPU replicas ("Shape mismatch in the collective instance").
+            self._loss_normalizers = tf.function(model.loss_normalizers)
         self._train_step = tf.function(self._train_step_fn)
 
     @property
     def _loss_scaled(self):
         return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
 
+    @property
+    def _state_variables(self):
+        """The model's non-trainable variables: state its layers may update in the forward pass."""
+        return self.model.non_trainable_variables
+
     def _forward_backward_fn(self, x, y, sample_weight):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=True)
-            loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            loss = tf.cast(loss, tf.float32) / self.strategy.num_replicas_in_sync
+            # Assignments (BatchNorm statistics, ...) are collected, not applied: they are
+            # committed by the trainer after the finite check.
+            with keras.StatelessScope(collect_losses=True) as scope:
+                y_pred = self.model(x, training=True)
+                loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            loss = tf.cast(loss, tf.float32)
             scaled = self.optimizer.scale_loss(loss) if self._loss_scaled else loss
         grads = tape.gradient(scaled, variables)
         # a variable the loss does not reach gets a zero gradient (it still sees weight decay)
         grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
-        return loss, grads
+        # {index in _state_variables: new value} of the variables the step assigned (frozen
+        # weights are not assigned, and are neither reduced nor rewritten)
+        state = {}
+        for i, v in enumerate(self._state_variables):
+            value = scope.get_current_value(v)
+            if value is not None:
+                state[i] = tf.convert_to_tensor(value)
+        return loss, grads, state
+
+    def _replica_contribution(self, state):
+        """What each replica adds to the SUM all-reduce so that it yields the reduced state:
+        floating-point state divided by the replica count (the sum is the replicas' mean), or
+        for ``aggregation="sum"`` variables the increment (old value + sum of increments).
+        Integer state (seed counters) stays per replica and is not reduced."""
+        replicas = self.strategy.num_replicas_in_sync
+        contribution = {}
+        for i, value in state.items():
+            v = self._state_variables[i]
+            if _is_float(v):
+                contribution[i] = value - _tf_variable(v) if v.aggregation == "sum" else value / replicas
+        return contribution
 
     def _replica_step(self, x, y, sample_weight):
-        loss, grads = self._forward_backward(x, y, sample_weight)
         context = tf.distribute.get_replica_context()
-        loss, grads = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, grads])
+        if self._loss_normalizers is not None and isinstance(y, dict):
+            counts = self._loss_normalizers(y)
+            counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)
+            y = dict(y, **{LOSS_NORMALIZERS: counts})
+        loss, grads, state = self._forward_backward(x, y, sample_weight)
+        contribution = self._replica_contribution(state)
+        # One all-reduce (collectives must run in the same order on every replica).
+        loss, grads, reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, grads, contribution])
+        for i, total in reduced.items():
+            v = self._state_variables[i]
+            state[i] = total + _tf_variable(v) if v.aggregation == "sum" else total
         grads = [tf.cast(g, tf.float32) for g in grads]
-        finite = tf.math.is_finite(loss)
-        for g in grads:
-            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+        float_state = [value for i, value in state.items() if _is_float(self._state_variables[i])]
+        status = (
+            tf.where(tf.math.is_finite(loss), 0, _LOSS)
+            + tf.where(_all_finite(grads), 0, _GRADIENTS)
+            + tf.where(_all_finite(float_state), 0, _STATE)
+        )
         if self.clipnorm is not None:
             scale = tf.cast(self.optimizer.dynamic_scale, tf.float32) if self._loss_scaled else 1.0
             norm = tf.linalg.global_norm(grads) / scale
             factor = self.clipnorm / tf.maximum(norm, self.clipnorm)
             factor = tf.where(tf.math.is_finite(factor), factor, 0.0)
             grads = [g * factor for g in grads]
-        context.merge_call(self._apply_or_skip, args=(grads, finite))
-        return loss
+        context.merge_call(self._commit_or_skip, args=(grads, state, status == 0))
+        return loss, status
 
-    def _apply_or_skip(self, strategy, grads, finite):
+    def _commit_or_skip(self, strategy, grads, state, finite):
         finite = strategy.experimental_local_results(finite)[0]
 
-        def apply():
+        def commit():
             strategy.extended.call_for_each_replica(self._apply_on_replica, args=(grads,))
+            for i, value in state.items():
+                strategy.extended.update(_tf_variable(self._state_variables[i]), lambda v, x: v.assign(x),
+                                         args=(value,), group=False)
 
         def skip():
             self.skipped_steps.assign_add(1)
             if self._loss_scaled:
                 self.optimizer._stateful_handle_non_finite_grads()
 
-        tf.cond(finite, apply, skip)
+        tf.cond(finite, commit, skip)
 
     def _apply_on_replica(self, grads):
         variables = self.model.trainable_variables
@@ -191,9 +318,10 @@ class Trainer:
 
     def _train_step_fn(self, iterator):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(iterator))
-        loss = self.strategy.run(self._replica_step, args=(x, y, sample_weight))
+        loss, status = self.strategy.run(self._replica_step, args=(x, y, sample_weight))
         self.step.assign_add(1)
-        return self.strategy.experimental_local_results(loss)[0]
+        local = self.strategy.experimental_local_results
+        return local(loss)[0], local(status)[0]
 
     def _build(self, dataset):
         x_spec = dataset.element_spec[0]
@@ -257,15 +385,36 @@ class Trainer:
             # reshuffling pipeline advances its seed with every iterator made from it).
             start = int(self.step.numpy())
             iterator = iter(self.strategy.experimental_distribute_dataset(dataset.skip(start) if start else dataset))
+        step = int(self.step.numpy())
+        results = dict(step=step, loss=None, skipped_steps=int(self.skipped_steps.numpy()))
+        if step >= steps:
+            logger.warning("The restored checkpoint is at step %d, at or past the requested %d steps: "
+                           "nothing to train (ask for more steps to continue).", step, steps)
+            return results
         writer = ScalarWriter(self.model_dir, enabled=self.is_chief)
         progress = TrainingProgress(steps, global_batch, verbose=self.verbose if self.is_chief else 0)
-        step = int(self.step.numpy())
         progress.images_per_second(step)
-        loss = tf.constant(float("nan"))
-        results = {}
+        loss, consecutive_nonfinite, end_of_data = float("nan"), 0, False
         while step < steps:
-            loss = self._train_step(iterator)  # host syncs only at log/checkpoint/eval steps
+            try:
+                loss, status = self._train_step(iterator)
+            except tf.errors.OutOfRangeError:
+                end_of_data = True
+                logger.warning("The dataset ended after step %d of %d; saving and stopping (repeat the "
+                               "dataset to train longer).", step, steps)
+                if checkpoint is not None:
+                    self._save(checkpoint, step)
+                break
             step += 1
+            status = int(status)
+            counted = status & (_LOSS | _STATE) if self._loss_scaled else status
+            consecutive_nonfinite = consecutive_nonfinite + 1 if counted else 0
+            if consecutive_nonfinite >= self.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"Training stopped at step {step}: {consecutive_nonfinite} consecutive steps had non-finite "
+                    f"{_describe(status)} and were skipped (nothing was changed or saved by them). Lower the "
+                    "learning rate, clip gradients (`clipnorm`) or check the input data for NaN/Inf."
+                )
             last = step == steps
             if step % self.log_every == 0 or last:
                 scalars = {
@@ -279,11 +428,23 @@ class Trainer:
                 writer.write(step, scalars)
                 progress.update(step, scalars)
             if checkpoint is not None and (step % self.checkpoint_every == 0 or last):
-                checkpoint.save(step)
+                self._save(checkpoint, step)
             if self.eval_fn is not None and ((self.eval_every and step % self.eval_every == 0) or last):
                 evaluation = {k: float(v) for k, v in dict(self.eval_fn(self.model, step)).items()}
                 writer.write(step, evaluation, prefix="eval/")
                 progress.update(step, evaluation)
                 results.update(evaluation)
-        results.update(step=step, loss=float(loss), skipped_steps=int(self.skipped_steps.numpy()))
+        results.update(step=step, loss=float(loss), skipped_steps=int(self.skipped_steps.numpy()),
+                       end_of_data=end_of_data)
         return results
+
+    def _save(self, checkpoint, step):
+        """Writes a checkpoint unless a variable holds a non-finite value (then raises)."""
+        bad = [v.path for v in self.model.variables + self.optimizer.variables
+               if _is_float(v) and not bool(tf.reduce_all(tf.math.is_finite(_tf_variable(v))))]
+        if bad:
+            raise NonFiniteLossError(
+                f"Not saving the checkpoint of step {step}: {len(bad)} variable(s) hold non-finite values "
+                f"({', '.join(bad[:5])}); training diverged. The previous checkpoints are kept."
+            )
+        checkpoint.save(step)

@@ -15,6 +15,7 @@ from keras import ops
 
 from keras_cvx.data.transforms import resize_and_pad
 from keras_cvx.export.saved_model import export_saved_model
+from keras_cvx.losses.replicas import normalized_sum
 
 SIZE = (32, 32)
 TOP_K = 5
@@ -39,7 +40,7 @@ class ToyDetector(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Sigmoid cross-entropy of each cell and class against "the cell centre lies in a
-        ground-truth box of that class", summed and divided by the replica's positives."""
+        ground-truth box of that class", summed and divided by the positives."""
         logits = ops.reshape(ops.cast(y_pred, "float32"), (-1, 16, 2))
         centres = (self.cells[:, :2] + self.cells[:, 2:]) / 2.0
         boxes, labels = y["boxes"], y["labels"]
@@ -51,7 +52,7 @@ class ToyDetector(keras.Model):
         one_hot = ops.one_hot(ops.maximum(labels, 0), 2)
         target = ops.max(ops.cast(inside, "float32")[..., None] * one_hot[:, None], axis=2)
         bce = ops.binary_crossentropy(target, logits, from_logits=True)
-        return ops.sum(bce) / ops.maximum(ops.sum(target), 1.0)
+        return normalized_sum(ops.sum(bce), ops.sum(target), y)
 
     def predict_step(self, images):
         logits = ops.reshape(self(images), (-1, 16, 2))

@@ -1,8 +1,8 @@
+import json
 import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 
 import keras
 import numpy as np
@@ -51,7 +51,7 @@ def test_harness():
         [logits, labels],
         expected_output_shape=(6,),
         expected_num_trainable_weights=0,
-        expected_num_non_trainable_weights=3,
+        expected_num_non_trainable_weights=2,
         mixed_precision_output_dtype="float32",
     )
 
@@ -112,44 +112,56 @@ def test_statistics_survive_keras_save_and_load():
     )
 
 
+EQL_TRAINER_RUN = """
+import json, sys, tensorflow as tf
+if sys.argv[1] == "mirrored":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from keras import ops
+from keras_cvx.losses.equalization_v2 import EqualizationLossV2
+from keras_cvx.losses.replicas import replica_share
+from keras_cvx.training.trainer import Trainer
+
+class Classifier(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(4, kernel_initializer=keras.initializers.RandomNormal(seed=1))
+        self.eql = EqualizationLossV2(3)
+    def call(self, x, training=False):
+        return self.dense(x)
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return replica_share(ops.mean(self.eql(y_pred, y, training=training)))
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(8, 5)).astype("float32")
+y = np.array([0, 1, 3, 0, 2, 3, 3, 0], "int32")  # replica 0 sees no class 2, replica 1 no class 1
+strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if sys.argv[1] == "mirrored"
+            else tf.distribute.get_strategy())
+with strategy.scope():
+    model = Classifier()
+    model(x[:1]); model.eql.build((None, 4))
+    optimizer = keras.optimizers.SGD(0.5)
+Trainer(model, optimizer, strategy, jit_compile=True, verbose=0).fit(tf.data.Dataset.from_tensors((x, y)).repeat(), 2)
+print(json.dumps({k: v.tolist() for k, v in model.eql.statistics().items()} | {"kernel": model.dense.kernel.numpy().tolist()}))
+"""
+
+
 @pytest.mark.tensorflow_only
-def test_statistics_are_summed_across_replicas():
-    """Two logical CPU replicas of a MirroredStrategy, each with its own RoI: reading the statistics in cross-replica context gives the sum
-    of both replicas' contributions (a subprocess, since logical devices must be set before
-    TensorFlow starts; XLA clusters cannot span two logical CPU devices, so no jit here)."""
-    script = textwrap.dedent(
-        """
-        import numpy as np, tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from keras_cvx.losses.equalization_v2 import EqualizationLossV2
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        with strategy.scope():
-            layer = EqualizationLossV2(2)
-            layer.build((None, 3))
-        logits = tf.constant([[2.0, -1.0, 0.0], [0.5, 1.0, -2.0]])
-        labels = tf.constant([[0], [1]])
-        def replica_fn():
-            i = tf.distribute.get_replica_context().replica_id_in_sync_group
-            return layer(tf.gather(logits, [i]), tf.gather(labels, i), training=True)
-
-        @tf.function
-        def run():
-            return strategy.run(replica_fn)
-
-        run()
-        print("POS", ",".join(str(v) for v in layer.pos_grad.numpy()))
-        print("NEG", ",".join(str(v) for v in layer.neg_grad.numpy()))
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, KERAS_BACKEND="tensorflow"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line[:3] in ("POS", "NEG"))
-    p = 1 / (1 + np.exp(-np.array([[2.0, -1.0], [0.5, 1.0]])))
-    y = np.array([[1.0, 0.0], [0.0, 1.0]])
-    np.testing.assert_allclose(np.array(lines["POS"].split(","), float), np.sum(np.abs(p - 1) * y, axis=0), rtol=1e-5)
-    np.testing.assert_allclose(np.array(lines["NEG"].split(","), float), np.sum(p * (1 - y), axis=0), rtol=1e-5)
+def test_statistics_summed_across_replicas_every_step():
+    """The Trainer on 2 logical CPU replicas (each with half of the batch and classes the other
+    lacks) gives the statistics and weights of 1 device on the whole batch after 2 steps: the
+    second step weighs the loss with the global statistics on both replicas."""
+    results = {}
+    for mode in ("single", "mirrored"):
+        done = subprocess.run([sys.executable, "-c", EQL_TRAINER_RUN, mode], capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2"),
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[mode] = {k: np.array(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    assert (results["single"]["pos_grad"] > 0).all()
+    for key, value in results["single"].items():
+        np.testing.assert_allclose(results["mirrored"][key], value, rtol=1e-5, atol=1e-7, err_msg=key)
 
 
 @pytest.mark.parametrize("kwargs, argument", [({"num_classes": 0}, "num_classes"), ({"num_classes": 2, "gamma": 0}, "gamma"),
