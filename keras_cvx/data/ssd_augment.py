@@ -81,6 +81,10 @@ CROP_MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9, None)
 
 _CHANNEL_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
+# Everything here is written with explicit tf.cond / tf.where (no Python control flow on
+# tensors): AutoGraph has nothing to convert, and converting costs seconds per trace.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 
 def _range(name, value, low=0.0):
     if not isinstance(value, (tuple, list)) or len(value) != 2 or not low <= value[0] <= value[1]:
@@ -96,6 +100,7 @@ def _size(name, value):
     return require_positive_int(name, value[0]), require_positive_int(name, value[1])
 
 
+@_no_autograph
 def adjust_photometric(image, params):
     """Applies drawn photometric parameters to a float ``[H, W, 3]`` RGB image in 0..255.
 
@@ -122,6 +127,7 @@ def adjust_photometric(image, params):
     return tf.gather(image, order, axis=-1)
 
 
+@_no_autograph
 def warp_window(image, window, output_size, fill_value=0.0):
     """Bilinear resize (half-pixel centres, as ``tf.image.resize``) of the integer window
     ``[x1, y1, x2, y2]`` of ``image`` ``[H, W, C]`` to ``output_size`` ``(h, w)``; the window
@@ -159,6 +165,7 @@ def warp_window(image, window, output_size, fill_value=0.0):
     return tf.ensure_shape(out, [out_h, out_w, image.shape[-1]])
 
 
+@_no_autograph
 def box_iou(boxes, window):
     """IoU ``[..., N]`` of ``xyxy`` windows ``[..., 4]`` with boxes ``[N, 4]`` (0 for empty)."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
@@ -172,6 +179,7 @@ def box_iou(boxes, window):
     return tf.math.divide_no_nan(intersection, union)
 
 
+@_no_autograph
 def centres_inside(boxes, window):
     """``[..., N]`` bool: the centre of each box lies strictly inside each window ``[..., 4]``."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
@@ -181,6 +189,7 @@ def centres_inside(boxes, window):
     return (window[..., 0] < cx) & (cx < window[..., 2]) & (window[..., 1] < cy) & (cy < window[..., 3])
 
 
+@_no_autograph
 def select_crop(trials, boxes, min_ious, choice):
     """Caffe SSD's choice among the samplers' first valid trials.
 
@@ -306,6 +315,7 @@ class SSDAugmentation:
         self.flip_probability = require_unit_interval("flip_probability", flip_probability, include_one=True)
 
     # ----------------------------------------------------------------------------- sampling
+    @_no_autograph
     def sample_photometric(self, seed):
         """The photometric parameters of ``adjust_photometric`` (identity values when off)."""
         u = tf.random.stateless_uniform([11], seed)
@@ -327,6 +337,7 @@ class SSDAugmentation:
             ),
         }
 
+    @_no_autograph
     def sample_expand(self, seed, height, width):
         """``[canvas_h, canvas_w, top, left]`` int32: where the image sits on the canvas."""
         u = tf.random.stateless_uniform([4], seed)
@@ -340,6 +351,7 @@ class SSDAugmentation:
         left = tf.clip_by_value(left, 0, canvas_w - width)
         return tf.stack([canvas_h, canvas_w, top, left])
 
+    @_no_autograph
     def crop_trials(self, seed, height, width):
         """``(trials, choice)``: float ``[K, T, 4]`` ``xyxy`` pixel windows of a ``height`` ×
         ``width`` canvas (floored corners, at least one pixel) and the uniform ``choice``."""
@@ -359,6 +371,7 @@ class SSDAugmentation:
         y2 = tf.clip_by_value(tf.floor((y + box_h) * height_f), y1 + 1.0, height_f)
         return tf.stack([x1, y1, x2, y2], axis=-1), choice
 
+    @_no_autograph
     def sample(self, seed, boxes, height, width):
         """All the random draws of one image as a dict: ``photometric`` (see
         ``adjust_photometric``), ``canvas`` (``[canvas_h, canvas_w, top, left]``), ``window``
@@ -389,6 +402,7 @@ class SSDAugmentation:
         }
 
     # ----------------------------------------------------------------------------- applying
+    @_no_autograph
     def apply(self, image, boxes, labels, params, masks=None):
         """Applies drawn ``params`` (``sample``) deterministically; returns ``(image, boxes,
         labels, masks)`` as the call does."""
@@ -424,12 +438,14 @@ class SSDAugmentation:
             masks = tf.cond(flip, lambda: tf.reverse(masks, axis=[2]), lambda: masks)
         return image, boxes, labels, masks
 
+    @_no_autograph
     def __call__(self, image, boxes, labels, seed, masks=None):
         image = tf.convert_to_tensor(image)
         params = self.sample(seed, boxes, tf.shape(image)[0], tf.shape(image)[1])
         return self.apply(image, boxes, labels, params, masks)
 
 
+@_no_autograph
 def prepare_ssd_example(image, image_id, boxes, labels, crowd, masks, seed, augmentation, max_instances):
     """One decoded example -> ``(image, targets)`` of ``keras_cvx.data.coco``'s contract, with
     ``augmentation`` (an ``SSDAugmentation``) in place of the letterbox resize and flip.
@@ -561,6 +577,7 @@ def ssd_coco_dataset(
         )
     count, load = coco_examples(annotation_file, image_dir, with_masks=mask_stride is not None)
 
+    @_no_autograph
     def to_example(position, index):
         image, image_id, boxes, labels, crowd, masks = load(index)
         element_seed = tf.stack([tf.cast(seed, tf.int64), position])
@@ -597,8 +614,11 @@ def write_augmentation_grid(path, annotation_file=None, image_dir=None, output_s
         annotation_file, image_dir = photos_dataset()
     size = _size("output_size", output_size)
     require_positive_int("samples", samples)
-    augment = tf.function(augmentation or SSDAugmentation(size))
-    plain = tf.function(SSDAugmentation(size, photometric=False, expand_probability=0.0, crop=False, flip_probability=0.0))
+    signature = [tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.float32),
+                 tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int64)]
+    augment = tf.function(augmentation or SSDAugmentation(size), input_signature=signature, autograph=False)
+    plain = tf.function(SSDAugmentation(size, photometric=False, expand_probability=0.0, crop=False, flip_probability=0.0),
+                        input_signature=signature, autograph=False)
     with open(annotation_file) as f:
         names = {c["id"]: c["name"] for c in json.load(f)["categories"]}
     coco = load_coco(annotation_file)
