@@ -22,32 +22,125 @@ On COCO-format data (json + image folder, or Model Garden TFRecords)::
 ``--no-net-modules`` trains plain SSD. Every flag of ``keras_cvx.training.cli`` works
 (``--strategy mirrored``, ``--mixed-precision``, ``--model-dir`` with resume, ...). The run
 prints the 12 COCO bbox numbers of the validation set, writes ``--png`` (the first validation
-batch with its detections; ``saved_models/ssd_net/predictions.png``) and exports to
-``<export-dir>/<version>`` (``saved_models/ssd_net/1`` by default; see ``saved_models/README.md``).
+batch with its detections; ``saved_models/ssd_net/predictions.png``), ``--augmentation-png``
+(SSD-augmented samples of the two bundled photographs with their boxes,
+``saved_models/ssd_net/ssd_augmentation.png``) and exports to ``<export-dir>/<version>``
+(``saved_models/ssd_net/1`` by default; see ``saved_models/README.md``).
+
+Data augmentation: by default the training images go through SSD's augmentation
+(``keras_cvx.data.ssd_augment``: photometric distortion, zoom-out expand, min-IoU crop, flip,
+warp resize; SSD paper arXiv 1512.02325 Sec. 2.2/3.6), and the validation images through
+SSD's test transform (warp resize; ``--eval-resize``). ``--no-ssd-augmentation`` trains on
+the letterboxed images with a random flip only (``keras_cvx.data.coco``). SSD augmentation
+reads COCO json + images; with ``--train-tfrecord`` pass ``--no-ssd-augmentation``. To compare
+both on the synthetic shapes, same budget, several seeds::
+
+    for seed in 0 1 2; do
+      python examples/train_ssd_net.py --seed $seed --results-json aug_$seed.json
+      python examples/train_ssd_net.py --seed $seed --no-ssd-augmentation --results-json plain_$seed.json
+    done
+
+(the synthetic images are square, so warp and letterbox resizing give the same validation
+images.)
+
+Paper recipes: ``--preset NAME`` sets the flags of SSD's published training (table below);
+flags given explicitly win. Without ``--learning-rate`` the learning rate follows the batch
+size linearly from the preset's (Goyal et al., arXiv 1706.02677), and the decay steps scale
+with ``--steps`` (e.g. ``--steps 200000`` halves them)::
+
+    python examples/train_ssd_net.py --preset ssd300_coco --train-json instances_train2017.json \
+        --images train2017/ --val-json instances_val2017.json --val-images val2017/ --strategy mirrored
+
+========== ===== ===== ======= ========= ==================== ========= =========================
+preset     size  batch lr      steps     lr ×0.1 at           warm-up   source
+========== ===== ===== ======= ========= ==================== ========= =========================
+ssd300_voc  300  32    1e-3    120,000   80,000 / 100,000     500       Caffe ``ssd_pascal.py``
+ssd512_voc  512  32    1e-3    120,000   80,000 / 100,000     500       Caffe ``ssd_pascal_512.py``
+ssd300_coco 300  32    1e-3    400,000   280,000 / 360,000    500       Caffe ``ssd_coco.py``
+ssd512_coco 512  24    1e-3    520,000   360,000 / 480,000    500       lufficc/SSD ``vgg_ssd512_coco_trainval35k.yaml``
+========== ===== ===== ======= ========= ==================== ========= =========================
+
+Common to all (SSD paper Sec. 3 and the same solver files): SGD with momentum 0.9, weight decay
+5e-4, VGG16 with ImageNet weights (fc6/fc7 converted to conv6/conv7; ``--backbone-weights
+imagenet``, downloaded through ``keras.applications``), SSD augmentation, SSD-NET width 256
+(``--fusion-channels``; NETNet's own training recipe is not published), up to 100 (COCO) or
+64 (VOC) ground-truth boxes per image. The warm-up is linear from 1/3 of the learning rate
+over 500 steps (lufficc/SSD's ``WARMUP_FACTOR``/``WARMUP_ITERS``; Caffe SSD and ssd.pytorch
+have none). Caffe's effective learning rate is 0.001 (``base_lr`` 0.00004 × 25 for the VALID
+loss normalisation). Differences that remain: Caffe doubles the biases' learning rate and
+exempts them from weight decay (``lr_mult: 2, decay_mult: 0``); Keras's SGD decays every
+weight, decoupled from the momentum. The VOC presets set VOC's schedule and batch but SSDNet
+still uses the COCO prior sizes (VOC's are 30/60/111/162/213/264 at 300). The paper's first
+version trained VOC for 40k + 10k + 10k and COCO for 160k + 40k + 40k iterations; the solver
+files above are the later, longer schedules that go with the expansion augmentation.
 """
 
+import argparse
 import json
 import os
+import sys
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_cvx.data.coco import class_id_map, coco_dataset, load_coco
 from keras_cvx.data.shapes import synthetic_shapes
+from keras_cvx.data.ssd_augment import ssd_coco_dataset, write_augmentation_grid
 from keras_cvx.data.tfrecord import tfrecord_dataset
 from keras_cvx.evaluation.coco_evaluator import STAT_NAMES, COCOEvaluator
 from keras_cvx.export.saved_model import export_saved_model
+from keras_cvx.models.backbones.vgg import convert_vgg16_weights
 from keras_cvx.models.ssd_net import BACKBONES, SSDNet
 from keras_cvx.training.cli import build_trainer, make_parser
+from keras_cvx.training.schedules import WarmupStepDecay
 from keras_cvx.visualize import draw_detections, save_png
+
+_SSD_SOLVER = dict(backbone="vgg16", width=1.0, fusion_channels=256, learning_rate=1e-3, optimizer="sgd",
+                   schedule="step", warmup_steps=500, weight_decay=5e-4, ssd_augmentation=True,
+                   backbone_weights="imagenet", log_every=100, checkpoint_every=5000)
+PRESETS = {
+    "ssd300_voc": {"flags": dict(_SSD_SOLVER, image_size=300, batch_size=32, steps=120_000, max_instances=64),
+                   "decay_steps": (80_000, 100_000)},
+    "ssd512_voc": {"flags": dict(_SSD_SOLVER, image_size=512, batch_size=32, steps=120_000, max_instances=64),
+                   "decay_steps": (80_000, 100_000)},
+    "ssd300_coco": {"flags": dict(_SSD_SOLVER, image_size=300, batch_size=32, steps=400_000, max_instances=100),
+                    "decay_steps": (280_000, 360_000)},
+    "ssd512_coco": {"flags": dict(_SSD_SOLVER, image_size=512, batch_size=24, steps=520_000, max_instances=100),
+                    "decay_steps": (360_000, 480_000)},
+}
+"""SSD's published training recipes (module docstring): parser defaults and decay steps."""
+WARMUP_START = 1.0 / 3.0
+"""Preset warm-up starts at this fraction of the learning rate (lufficc/SSD)."""
+
+
+def _given(argv, flag):
+    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
+
+
+def preset_schedule(args):
+    """The preset's step schedule (``None`` without a preset or with another ``--schedule``):
+    linear warm-up from 1/3, ×0.1 at the preset's decay steps scaled to ``--steps``."""
+    if not args.preset or args.schedule != "step":
+        return None
+    preset = PRESETS[args.preset]
+    scale = args.steps / preset["flags"]["steps"]
+    boundaries = sorted({round(b * scale) for b in preset["decay_steps"] if round(b * scale) > 0})
+    return WarmupStepDecay(args.learning_rate, boundaries, warmup_steps=args.warmup_steps, warmup_start=WARMUP_START)
 
 
 def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", choices=sorted(PRESETS))
+    preset = first.parse_known_args(argv)[0].preset
     parser = make_parser(
         __doc__.splitlines()[0], batch_size=8, steps=1500, learning_rate=0.003, optimizer="adamw",
         warmup_steps=100, weight_decay=1e-4, log_every=25, checkpoint_every=500,
     )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="SSD's published training recipe (see the module docstring); explicit flags win")
     data = parser.add_argument_group("data")
     data.add_argument("--train-json", help="COCO instances json of the training set")
     data.add_argument("--val-json", help="COCO instances json of the validation set")
@@ -66,13 +159,31 @@ def parse_args(argv=None):
     model.add_argument("--fusion-channels", type=int, default=64, help="NNFM width")
     model.add_argument("--net-modules", action="store_true", default=True, help="SSD-NET (NNFM + NETM)")
     model.add_argument("--no-net-modules", dest="net_modules", action="store_false", help="plain SSD")
+    model.add_argument("--backbone-weights", choices=("none", "imagenet"), default="none",
+                       help="imagenet: VGG16 from keras.applications, fc6/fc7 converted (vgg16, --width 1)")
+    data.add_argument("--ssd-augmentation", action=argparse.BooleanOptionalAction, default=True,
+                      help="SSD's photometric/expand/min-IoU crop/flip/warp augmentation of the training images")
+    data.add_argument("--eval-resize", choices=("warp", "letterbox"), default=None,
+                      help="validation resize (default: warp with --ssd-augmentation, as SSD tests; else letterbox)")
     output = parser.add_argument_group("output")
     output.add_argument("--export-dir", default=os.path.join("saved_models", "ssd_net"))
     output.add_argument("--export-version", type=int, default=1)
     output.add_argument("--png", default=os.path.join("saved_models", "ssd_net", "predictions.png"),
                         help="picture of validation predictions")
+    output.add_argument("--augmentation-png", default=os.path.join("saved_models", "ssd_net", "ssd_augmentation.png"),
+                        help="SSD-augmented samples of the bundled photographs ('' to skip)")
     output.add_argument("--results-json", default=None, help="write the final evaluation numbers here")
+    if preset:
+        parser.set_defaults(**PRESETS[preset]["flags"])
     args = parser.parse_args(argv)
+    if preset and not _given(argv, "--learning-rate"):
+        args.learning_rate *= args.batch_size / PRESETS[preset]["flags"]["batch_size"]
+    if args.eval_resize is None:
+        args.eval_resize = "warp" if args.ssd_augmentation else "letterbox"
+    if args.train_tfrecord and args.ssd_augmentation:
+        parser.error("--train-tfrecord has no SSD augmentation: add --no-ssd-augmentation (or use --train-json)")
+    if args.backbone_weights == "imagenet" and (args.backbone != "vgg16" or args.width != 1.0):
+        parser.error("--backbone-weights imagenet needs --backbone vgg16 and --width 1")
     if bool(args.train_json) == bool(args.train_tfrecord) and (args.train_json or args.train_tfrecord):
         parser.error("give either --train-json/--images or --train-tfrecord")
     if args.train_json and not args.images:
@@ -97,10 +208,17 @@ def synthetic_data(args):
 
 def evaluate(predict, dataset, coco):
     """COCO bbox numbers (``bbox/AP`` ... ``bbox/ARl``) of ``predict(images)`` on ``dataset``
-    against the ground truth ``coco`` (a pycocotools ``COCO``)."""
+    against the ground truth ``coco`` (a pycocotools ``COCO``). Warp-resized images
+    (``image_info["scale_y"]``) map their boxes back per axis before the evaluator sees them."""
     evaluator = COCOEvaluator(coco)
     for images, targets in dataset:
-        evaluator.update(targets["image_info"], predict(images))
+        info, detections = dict(targets["image_info"]), dict(predict(images))
+        if "scale_y" in info:
+            scale_x, scale_y = info["scale"], info.pop("scale_y")
+            per_axis = tf.stack([scale_x, scale_y, scale_x, scale_y], axis=-1)[:, None, :]
+            detections["boxes"] = tf.cast(detections["boxes"], tf.float32) / per_axis
+            info["scale"] = tf.ones_like(scale_x)
+        evaluator.update(info, detections)
     return {k: v for k, v in evaluator.result().items() if k.startswith("bbox/") and k.count("/") == 1}
 
 
@@ -131,19 +249,31 @@ def main(argv=None):
     if args.train_tfrecord:
         train = tfrecord_dataset(args.train_tfrecord, classes, size, args.max_instances, args.batch_size,
                                  training=True, seed=args.seed)
+    elif args.ssd_augmentation:
+        train = ssd_coco_dataset(train_json, train_images, size, args.max_instances, args.batch_size,
+                                 training=True, seed=args.seed)
     else:
         train = coco_dataset(train_json, train_images, size, args.max_instances, args.batch_size,
                              training=True, seed=args.seed)
-    val = coco_dataset(val_json, val_images, size, args.max_instances, args.batch_size, training=False)
+    if args.eval_resize == "warp":
+        val = ssd_coco_dataset(val_json, val_images, size, args.max_instances, args.batch_size, training=False)
+    else:
+        val = coco_dataset(val_json, val_images, size, args.max_instances, args.batch_size, training=False)
 
     def build_model():
-        return SSDNet(len(classes), image_size=args.image_size, backbone=args.backbone, net_modules=args.net_modules,
-                      backbone_width=args.width, fusion_channels=args.fusion_channels)
+        model = SSDNet(len(classes), image_size=args.image_size, backbone=args.backbone, net_modules=args.net_modules,
+                       backbone_width=args.width, fusion_channels=args.fusion_channels)
+        if args.backbone_weights == "imagenet":  # before the Trainer restores a checkpoint, which wins
+            convert_vgg16_weights(keras.applications.VGG16(include_top=True, weights="imagenet"), model.backbone)
+        return model
 
     def eval_fn(model, step):
         return evaluate(predict, val, val_coco)
 
     strategy, trainer = build_trainer(args, build_model, eval_fn=eval_fn if args.eval_every else None)
+    schedule = preset_schedule(args)
+    if schedule is not None:  # the preset's decay steps (cli's "step" decays at 2/3 and 8/9 of --steps)
+        trainer.optimizer.learning_rate = schedule
     model = trainer.model
     predict = tf.function(model.predict_step, jit_compile=True)
     print(f"SSDNet({'SSD-NET' if args.net_modules else 'plain SSD'}, {args.backbone} x{args.width}, "
@@ -161,6 +291,8 @@ def main(argv=None):
     if trainer.is_chief:
         os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
         print("wrote", draw(predict, val, args.png, class_names))
+        if args.augmentation_png:
+            print("wrote", write_augmentation_grid(args.augmentation_png, output_size=size, samples=4, seed=args.seed))
         path = export_saved_model(model, os.path.join(args.export_dir, str(args.export_version)), size)
         print("exported", path)
     return results

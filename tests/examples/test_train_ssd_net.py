@@ -27,6 +27,7 @@ def test_train_evaluate_draw_export(tmp_path, capsys):
         "--steps", "3", "--batch-size", "2", "--image-size", "64", "--width", "0.125", "--fusion-channels", "8",
         "--synthetic-dir", str(tmp_path / "shapes"), "--synthetic-train-images", "8", "--synthetic-val-images", "4",
         "--export-dir", str(export_dir), "--png", str(tmp_path / "predictions.png"),
+        "--augmentation-png", str(tmp_path / "augmentation.png"),
         "--model-dir", str(tmp_path / "run"), "--verbose", "0",
     ])
     printed = capsys.readouterr().out
@@ -35,6 +36,9 @@ def test_train_evaluate_draw_export(tmp_path, capsys):
         assert -1.0 <= results[f"bbox/{name}"] <= 1.0
     picture = np.asarray(Image.open(tmp_path / "predictions.png"))
     assert picture.shape == (64, 2 * 64, 3)  # the first validation batch (2 images) side by side
+    grid = np.asarray(Image.open(tmp_path / "augmentation.png"))
+    assert grid.shape == (2 * 64, 5 * 64, 3)  # 2 bundled photographs: warp only + 4 SSD augmentations
+    assert "augmentation.png" in printed
     assert os.path.exists(tmp_path / "run" / "checkpoint")
     loaded = tf.saved_model.load(str(export_dir / "1"))
     image = np.asarray(Image.open(next((tmp_path / "shapes").glob("val_*/images/*.png"))).convert("RGB"))
@@ -51,6 +55,49 @@ def test_real_data_flags_are_checked(capsys):
         with pytest.raises(SystemExit):
             example.parse_args(argv)
     args = example.parse_args(["--train-tfrecord", "b-*", "--val-json", "v.json", "--val-images", "d",
-                               "--no-net-modules", "--backbone", "vgg16", "--image-size", "300"])
+                               "--no-net-modules", "--backbone", "vgg16", "--image-size", "300", "--no-ssd-augmentation"])
     assert (args.net_modules, args.backbone, args.image_size, args.batch_size) == (False, "vgg16", 300, 8)
+    assert "error" in capsys.readouterr().err
+
+
+def test_ssd_augmentation_is_the_default_and_can_be_turned_off():
+    example = load_example()
+    args = example.parse_args([])
+    assert (args.ssd_augmentation, args.eval_resize, args.backbone_weights, args.preset) == (True, "warp", "none", None)
+    args = example.parse_args(["--no-ssd-augmentation"])
+    assert (args.ssd_augmentation, args.eval_resize) == (False, "letterbox")
+
+
+def test_presets_set_the_paper_recipes():
+    example = load_example()
+    data = ["--train-json", "t.json", "--images", "d", "--val-json", "v.json"]
+    args = example.parse_args(["--preset", "ssd300_coco"] + data)
+    assert (args.backbone, args.image_size, args.width, args.batch_size, args.steps) == ("vgg16", 300, 1.0, 32, 400_000)
+    assert (args.optimizer, args.schedule, args.learning_rate, args.weight_decay) == ("sgd", "step", 1e-3, 5e-4)
+    assert (args.warmup_steps, args.ssd_augmentation, args.backbone_weights, args.max_instances) == (500, True, "imagenet", 100)
+    schedule = example.preset_schedule(args)
+    assert schedule.boundaries == [280_000, 360_000] and schedule.warmup_start == pytest.approx(1 / 3)
+    assert float(schedule(0)) == pytest.approx(1e-3 / 3) and float(schedule(500)) == pytest.approx(1e-3)
+    assert float(schedule(300_000)) == pytest.approx(1e-4) and float(schedule(399_999)) == pytest.approx(1e-5)
+    voc = example.parse_args(["--preset", "ssd512_voc"] + data)
+    assert (voc.image_size, voc.steps, voc.max_instances, example.preset_schedule(voc).boundaries) == (512, 120_000, 64, [80_000, 100_000])
+    lufficc = example.parse_args(["--preset", "ssd512_coco"] + data)
+    assert (lufficc.batch_size, lufficc.steps, example.preset_schedule(lufficc).boundaries) == (24, 520_000, [360_000, 480_000])
+    # learning rate linear in the batch size, decay steps scaled with --steps, explicit flags win
+    scaled = example.parse_args(["--preset", "ssd300_coco", "--batch-size", "64", "--steps", "200000"] + data)
+    assert scaled.learning_rate == pytest.approx(2e-3) and example.preset_schedule(scaled).boundaries == [140_000, 180_000]
+    explicit = example.parse_args(["--preset", "ssd300_coco", "--batch-size", "64", "--learning-rate=0.0015",
+                                   "--schedule", "cosine", "--no-ssd-augmentation"] + data)
+    assert explicit.learning_rate == 0.0015 and example.preset_schedule(explicit) is None
+    assert explicit.ssd_augmentation is False
+    assert example.preset_schedule(example.parse_args([])) is None
+
+
+def test_incompatible_flags_are_refused(capsys):
+    example = load_example()
+    for argv in (["--train-tfrecord", "b-*", "--val-json", "v.json", "--val-images", "d"],
+                 ["--backbone-weights", "imagenet"],
+                 ["--preset", "ssd300_coco", "--backbone", "resnet50"]):
+        with pytest.raises(SystemExit):
+            example.parse_args(argv)
     assert "error" in capsys.readouterr().err
