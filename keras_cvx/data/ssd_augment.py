@@ -559,6 +559,12 @@ def ssd_coco_dataset(
         augmentation: an ``SSDAugmentation`` (its ``output_size`` and ``mask_stride`` must
             match ``image_size`` and ``mask_stride``).
         drop_remainder: defaults to ``training``.
+
+    Example::
+
+        from keras_cvx.data.real_images import photos_dataset
+        train = ssd_coco_dataset(*photos_dataset(), image_size=(300, 300), max_instances=8, batch_size=2)
+        images, targets = next(iter(train))     # (2, 300, 300, 3); targets["boxes"]: (2, 8, 4)
     """
     size = _size("image_size", image_size)
     require_positive_int("max_instances", max_instances)
@@ -606,6 +612,10 @@ def write_augmentation_grid(path, annotation_file=None, image_dir=None, output_s
     alone, the next ``samples`` columns are augmentations with seeds ``[seed, 0..samples-1]``.
 
     Returns ``path``.
+
+    Example::
+
+        write_augmentation_grid("ssd_augmentation.png")   # 2 rows x 6 columns of 300x300 tiles
     """
     from keras_cvx.data.real_images import photos_dataset
     from keras_cvx.visualize import draw_detections, save_png

@@ -243,6 +243,11 @@ def convert_keras_resnet_weights(source, model, rgb_input=True):
             takes BGR (default True).
 
     Returns: ``model``.
+
+    Example::
+
+        source = keras.applications.ResNet50(weights=None)                  # or weights="imagenet"
+        model = convert_keras_resnet_weights(source, ResNet(50, stride_in_1x1=True))
     """
     source_names = {layer.name for layer in source.layers}
     for layer in model.layers:

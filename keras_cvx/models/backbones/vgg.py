@@ -184,6 +184,11 @@ def convert_vgg16_weights(vgg16, model, rgb_input=True):
             ``vgg16`` takes BGR (default True).
 
     Returns: ``model``.
+
+    Example::
+
+        source = keras.applications.VGG16(include_top=True, weights=None)   # or weights="imagenet"
+        trunk = convert_vgg16_weights(source, VGG16SSD(300))
     """
     names = {layer.name for layer in vgg16.layers}
     needed = [f"block{b}_conv{i}" for b, block in enumerate(VGG16_BLOCKS, 1) for i in range(1, len(block) + 1)]
