@@ -55,7 +55,7 @@ def main():
     images = {b: rng.uniform(0, 255, (b, SIZE, SIZE, 3)).astype("float32") for b in (1, 8)}
     models = {name: make_model(net) for name, net in MODELS.items()}
     for name, model in models.items():
-        print(f"{name}: {model.count_params():,} parameters, {model.num_priors} priors")
+        print(f"{name}: {model.count_params():,} parameters, {model.num_anchors} anchors")
 
     predictors = {(name, xla): tf.function(model.predict_step, jit_compile=xla)
                   for name, model in models.items() for xla in (True, False)}

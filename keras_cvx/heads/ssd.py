@@ -1,24 +1,25 @@
-"""SSD detection head: per-level 3×3 convolutions predicting box deltas and class logits.
+"""SSD detection head: per-level 3×3 convolutions predicting box regressions and class logits.
 
 Paper: "SSD: Single Shot MultiBox Detector", W. Liu et al., arXiv 1512.02325 (Sec. 2.1,
 "convolutional predictors for detection"), as used by NETNet ("Neighbor Erasing and
 Transferring Network for Better Single Shot Object Detection", Y. Li et al., CVPR 2020,
-arXiv 2001.06690; spec §6.4).
+arXiv 2001.06690, Sec. 3.4).
 
-For pyramid level l with feature map F_l (B, H_l, W_l, C_l) and A_l priors per location:
+For pyramid level l with feature map F_l (B, H_l, W_l, C_l) and A_l anchors per location:
 
     box_l   = Conv3×3_{C_l → A_l·4}(F_l)    (pad 'same' = 1, bias)
-    class_l = Conv3×3_{C_l → A_l·K}(F_l)
+    class_l = Conv3×3_{C_l → A_l·(K + 1)}(F_l)
 
-Channel ``a·4 + c`` of ``box_l`` (``a·K + k`` of ``class_l``) at (y, x) is coordinate c (class k)
-of prior a at that location. Outputs are reshaped and concatenated in level order, then
-row-major (y, x), then prior — the order of ``keras_cvx.ops.anchors.ssd_prior_boxes``:
+Channel ``a·4 + c`` of ``box_l`` (``a·(K + 1) + k`` of ``class_l``) at (y, x) is coordinate c
+(class column k) of anchor a at that location. Outputs are reshaped and concatenated in level
+order, then row-major (y, x), then anchor — the order of ``keras_cvx.ops.anchors.ssd_anchors``:
 
-    box_deltas   (B, N, 4),   class_logits (B, N, K),   N = Σ_l H_l·W_l·A_l
+    box_regression (B, N, 4),   class_logits (B, N, K + 1),   N = Σ_l H_l·W_l·A_l
 
 (8732 at 300 input with ``anchors_per_location`` (4, 6, 6, 6, 4, 4), 24564 at 512 with
-(4, 6, 6, 6, 6, 4, 4)). K = ``num_classes`` counts the background class, index 0 (K = 81 for
-COCO, 21 for VOC), as in SSD's softmax. Parameters: Σ_l 9·C_l·A_l·(4 + K) + A_l·(4 + K).
+(4, 6, 6, 6, 6, 4, 4)). K = ``num_classes`` object classes (80 for COCO, 20 for VOC); the head
+adds the background column, index 0 of ``class_logits``, for SSD's softmax. Parameters:
+Σ_l 9·C_l·A_l·(4 + K + 1) + A_l·(4 + K + 1).
 
 Choices: Glorot-uniform kernels and zero biases (SSD's xavier init; constructor arguments).
 Both outputs have the layer's compute dtype (float16 under ``mixed_float16``); the loss
@@ -37,13 +38,13 @@ class SSDHead(keras.layers.Layer):
     """SSD box and class predictors over a list of feature maps.
 
     Args:
-        num_classes: K, including the background class 0.
+        num_classes: K object classes (the background column 0 is added: K + 1 logits).
         anchors_per_location: A_l for every level (its length is the number of levels).
         kernel_size: of the predictor convolutions (3 in SSD).
         kernel_initializer, bias_initializer: of the predictor convolutions.
 
     Call: ``head(features)`` with ``features`` a list of L NHWC maps ->
-    ``{"box_deltas": (B, N, 4), "class_logits": (B, N, K)}``.
+    ``{"box_regression": (B, N, 4), "class_logits": (B, N, K + 1)}``.
     """
 
     _call_takes_sequence = True
@@ -59,8 +60,6 @@ class SSDHead(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.num_classes = require_positive_int("num_classes", num_classes)
-        if self.num_classes < 2:
-            raise ValueError(f"`num_classes` counts the background and must be >= 2, got {num_classes!r}.")
         if not isinstance(anchors_per_location, (list, tuple)) or not anchors_per_location:
             raise ValueError(
                 f"`anchors_per_location` must be a non-empty list of positive integers, got {anchors_per_location!r}."
@@ -73,7 +72,7 @@ class SSDHead(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.box_convs = [self._predictor(a * 4, f"box_conv_{i}") for i, a in enumerate(self.anchors_per_location)]
         self.class_convs = [
-            self._predictor(a * self.num_classes, f"class_conv_{i}") for i, a in enumerate(self.anchors_per_location)
+            self._predictor(a * (self.num_classes + 1), f"class_conv_{i}") for i, a in enumerate(self.anchors_per_location)
         ]
 
     def _predictor(self, filters, name):
@@ -103,7 +102,7 @@ class SSDHead(keras.layers.Layer):
             box_conv.build(tuple(shape))
             class_conv.build(tuple(shape))
 
-    def num_priors(self, input_shape):
+    def num_anchors(self, input_shape):
         """N = Σ_l H_l·W_l·A_l for the given feature-map shapes."""
         return sum(s[1] * s[2] * a for s, a in zip(input_shape, self.anchors_per_location))
 
@@ -114,16 +113,16 @@ class SSDHead(keras.layers.Layer):
         ):
             count = feature.shape[1] * feature.shape[2] * anchors
             boxes.append(ops.reshape(box_conv(feature), (-1, count, 4)))
-            logits.append(ops.reshape(class_conv(feature), (-1, count, self.num_classes)))
+            logits.append(ops.reshape(class_conv(feature), (-1, count, self.num_classes + 1)))
         return {
-            "box_deltas": ops.concatenate(boxes, axis=1),
+            "box_regression": ops.concatenate(boxes, axis=1),
             "class_logits": ops.concatenate(logits, axis=1),
         }
 
     def compute_output_shape(self, input_shape):
         self._check(input_shape)
-        batch, count = input_shape[0][0], self.num_priors(input_shape)
-        return {"box_deltas": (batch, count, 4), "class_logits": (batch, count, self.num_classes)}
+        batch, count = input_shape[0][0], self.num_anchors(input_shape)
+        return {"box_regression": (batch, count, 4), "class_logits": (batch, count, self.num_classes + 1)}
 
     def get_config(self):
         config = super().get_config()

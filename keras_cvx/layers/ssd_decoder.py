@@ -2,7 +2,7 @@
 
 Paper: "SSD: Single Shot MultiBox Detector", W. Liu et al., arXiv 1512.02325 (Sec. 2.1,
 inference), as used by NETNet ("Neighbor Erasing and Transferring Network for Better Single
-Shot Object Detection", Y. Li et al., CVPR 2020, arXiv 2001.06690; spec §7 "Inference").
+Shot Object Detection", Y. Li et al., CVPR 2020, arXiv 2001.06690, Sec. 4 inference settings).
 Reusable by every detector whose head gives per-anchor box deltas and softmax logits with
 background at index 0.
 
@@ -48,7 +48,8 @@ class SSDDecoder(keras.layers.Layer):
         max_detections: output slots per image.
         box_weights: delta coding weights ``(w_x, w_y, w_w, w_h)``, the inverse SSD variances.
 
-    Call: ``decoder(box_deltas [B, N, 4], class_logits [B, N, K + 1], anchors [N, 4])`` -> dict of ``boxes``, ``scores``, ``classes``, ``num_detections``.
+    Call: ``decoder(box_regression [B, N, 4], class_logits [B, N, K + 1], anchors [N, 4])`` -> dict of
+    ``boxes``, ``scores``, ``classes``, ``num_detections``.
     """
 
     def __init__(self, score_threshold=0.01, iou_threshold=0.45, pre_nms_top_k=400, max_detections=100,
@@ -62,18 +63,18 @@ class SSDDecoder(keras.layers.Layer):
             raise ValueError(f"`box_weights` must be 4 positive numbers, got {box_weights!r}.")
         self.box_weights = tuple(float(w) for w in box_weights)
 
-    def build(self, box_deltas_shape, class_logits_shape, anchors_shape=None):
-        if len(box_deltas_shape) != 3 or box_deltas_shape[-1] != 4:
-            raise ValueError(f"`box_deltas` must be [B, N, 4], got shape {box_deltas_shape}.")
+    def build(self, box_regression_shape, class_logits_shape, anchors_shape=None):
+        if len(box_regression_shape) != 3 or box_regression_shape[-1] != 4:
+            raise ValueError(f"`box_regression` must be [B, N, 4], got shape {box_regression_shape}.")
         if len(class_logits_shape) != 3 or class_logits_shape[-1] is None or class_logits_shape[-1] < 2:
             raise ValueError(
                 f"`class_logits` must be [B, N, K + 1] with the background first (K >= 1), got shape {class_logits_shape}."
             )
 
-    def call(self, box_deltas, class_logits, anchors):
+    def call(self, box_regression, class_logits, anchors):
         logits = ops.cast(class_logits, "float32")
         num_anchors, num_classes = logits.shape[1], logits.shape[2] - 1
-        boxes = decode_boxes(box_deltas, anchors, self.box_weights)  # [B, N, 4]
+        boxes = decode_boxes(box_regression, anchors, self.box_weights)  # [B, N, 4]
         scores = ops.transpose(ops.softmax(logits, axis=-1)[..., 1:], (0, 2, 1))  # [B, K, N]
         top_k = min(self.pre_nms_top_k, num_anchors)
         top_scores, top_index = ops.top_k(scores, top_k)  # [B, K, k]
@@ -101,8 +102,8 @@ class SSDDecoder(keras.layers.Layer):
             "num_detections": num_detections,
         }
 
-    def compute_output_shape(self, box_deltas_shape, class_logits_shape, anchors_shape=None):
-        batch = box_deltas_shape[0]
+    def compute_output_shape(self, box_regression_shape, class_logits_shape, anchors_shape=None):
+        batch = box_regression_shape[0]
         return {
             "boxes": (batch, self.max_detections, 4),
             "scores": (batch, self.max_detections),

@@ -2,15 +2,15 @@
 
 Paper: "SSD: Single Shot MultiBox Detector", W. Liu et al., arXiv 1512.02325 (Sec. 2.2,
 Eq. 1-3, "Hard negative mining"), the loss of NETNet ("Neighbor Erasing and Transferring
-Network for Better Single Shot Object Detection", Y. Li et al., CVPR 2020, arXiv 2001.06690;
-spec §7).
+Network for Better Single Shot Object Detection", Y. Li et al., CVPR 2020, arXiv 2001.06690,
+Sec. 3.5).
 
-For image i with priors j = 1..N, class target c_ij (0 background, 1..K−1 objects, −1 ignore),
+For image i with anchors j = 1..N, class target c_ij (0 background, 1..K−1 objects, −1 ignore),
 encoded box target t_ij (SSD variances already applied) and predictions (l_ij, z_ij):
 
     L_loc,i  = Σ_{j ∈ Pos_i} Σ_{d=1..4} smoothL1_{β=1}(l_ijd − t_ijd)
     ce_ij    = logsumexp(z_ij) − z_ij[c_ij]
-    Neg_i    = the min(⌊r·|Pos_i|⌋, N − 1) priors with c_ij = 0 of largest background loss
+    Neg_i    = the min(⌊r·|Pos_i|⌋, N − 1) anchors with c_ij = 0 of largest background loss
                −log softmax(z_ij)_0 (r = ``negative_positive_ratio`` = 3)
     L_conf,i = Σ_{j ∈ Pos_i ∪ Neg_i} ce_ij
     L        = Σ_i (L_conf,i + α·L_loc,i) / max(N_pos, 1),    N_pos = Σ_i |Pos_i|
@@ -27,9 +27,9 @@ of one process on the global batch; otherwise N_pos is the replica's own count a
 is divided by the replica count (the mean of the replicas' normalised losses).
 
 Hard negative mining uses static shapes only: the candidates' background losses (−inf for
-positives and ignored priors) are ranked per image with two argsorts (rank of every prior),
+positives and ignored anchors) are ranked per image with two argsorts (rank of every anchor),
 and ``rank < num_neg_i`` selects the negatives (as ssd.pytorch's ``loss_idx.sort`` trick, no
-data-dependent gather). Ignored priors are never mined. The ranking does not carry gradients.
+data-dependent gather). Ignored anchors are never mined. The ranking does not carry gradients.
 Ties between equal background losses are broken by the sort's order (measure-zero for real
 logits).
 
@@ -39,7 +39,7 @@ Why ``reduction="sum"``: the per-image terms are already normalised. Keras's def
 
 Inputs: ``y_true = {"box_targets": [B, N, 4], "class_targets": [B, N] int}`` (optionally
 ``"loss_normalizers"``, above),
-``y_pred = {"box_deltas": [B, N, 4], "class_logits": [B, N, K]}``. Packed tensors are accepted
+``y_pred = {"box_regression": [B, N, 4], "class_logits": [B, N, K]}``. Packed tensors are accepted
 too (for a single-output model): ``y_true`` [B, N, 5] = box targets then the class target (as a
 float), ``y_pred`` [B, N, 4 + K] = box deltas then logits. Everything is computed in float32
 whatever the dtype policy.
@@ -58,13 +58,13 @@ def _unpack(y_true, y_pred):
     else:
         box_targets, class_targets = y_true[..., :4], y_true[..., 4]
     if isinstance(y_pred, dict):
-        box_deltas, class_logits = y_pred["box_deltas"], y_pred["class_logits"]
+        box_regression, class_logits = y_pred["box_regression"], y_pred["class_logits"]
     else:
-        box_deltas, class_logits = y_pred[..., :4], y_pred[..., 4:]
+        box_regression, class_logits = y_pred[..., :4], y_pred[..., 4:]
     return (
         ops.cast(box_targets, "float32"),
         ops.cast(ops.round(ops.cast(class_targets, "float32")), "int32"),
-        ops.cast(box_deltas, "float32"),
+        ops.cast(box_regression, "float32"),
         ops.cast(class_logits, "float32"),
     )
 
@@ -105,8 +105,8 @@ class MultiBoxLoss(keras.losses.Loss):
         self.localization_weight = float(localization_weight)
 
     def call(self, y_true, y_pred):
-        box_targets, class_targets, box_deltas, class_logits = _unpack(y_true, y_pred)
-        num_priors = class_logits.shape[1]
+        box_targets, class_targets, box_regression, class_logits = _unpack(y_true, y_pred)
+        num_anchors = class_logits.shape[1]
         positives = class_targets > 0
         log_normalizer = ops.logsumexp(class_logits, axis=-1)
         label_logit = ops.take_along_axis(class_logits, ops.maximum(class_targets, 0)[..., None], axis=-1)[..., 0]
@@ -115,14 +115,14 @@ class MultiBoxLoss(keras.losses.Loss):
         num_positives = ops.sum(ops.cast(positives, "int32"), axis=-1)
         num_negatives = ops.minimum(
             ops.cast(ops.floor(self.negative_positive_ratio * ops.cast(num_positives, "float32")), "int32"),
-            num_priors - 1,
+            num_anchors - 1,
         )
         background_loss = log_normalizer - class_logits[..., 0]
         negatives = hard_negative_mask(background_loss, class_targets == 0, num_negatives)
 
         confidence = ops.sum(ops.where(positives | negatives, cross_entropy, 0.0), axis=-1)
         # Masked before smooth-L1: non-finite targets of non-positives give no NaN gradient.
-        difference = ops.where(positives[..., None], box_deltas - box_targets, 0.0)
+        difference = ops.where(positives[..., None], box_regression - box_targets, 0.0)
         localization = ops.sum(smooth_l1(difference), axis=(1, 2))
         per_image = confidence + self.localization_weight * localization
         return normalized_sum(per_image, ops.sum(num_positives), y_true)

@@ -1,11 +1,11 @@
-"""SSD-NET (NETNet) and plain SSD: a single-shot detector with target assignment, loss and
-decoding inside the model.
+"""SSD-NET (NETNet) and plain SSD: a single-shot detector composed of a backbone, SSD's extra
+blocks, NETNet's modules, an SSD head, an anchor generator, a label encoder and a decoder.
 
 Paper: "Neighbor Erasing and Transferring Network for Better Single Shot Object Detection",
-Y. Li, Y. Pang, J. Shen, J. Cao, L. Shao, CVPR 2020, arXiv 2001.06690 (spec §6 wiring, §7
-SSD defaults); SSD: "SSD: Single Shot MultiBox Detector", W. Liu et al., arXiv 1512.02325.
+Y. Li, Y. Pang, J. Shen, J. Cao, L. Shao, CVPR 2020, arXiv 2001.06690 (Sec. 3, Fig. 2 wiring;
+Sec. 4 SSD settings); SSD: "SSD: Single Shot MultiBox Detector", W. Liu et al., arXiv 1512.02325.
 
-Forward (``net_modules=True``, spec §6; ``net_modules=False`` is plain SSD: the heads sit on
+Forward (``net_modules=True``; ``net_modules=False`` is plain SSD: the head sits on
 p_1..p_L directly)::
 
     x = images - pixel_mean                             RGB [B, S, S, 3] in 0..255 -> float
@@ -14,52 +14,49 @@ p_1..p_L directly)::
     for each NETM pair (s, d) (default (1, 3) and (2, 4)):
         q̃_s, e_s = NEM(q_s, q_d)            gate from q_d before q_d receives any transfer
         q̃_d = NTM(e_s, q_d)                 q_d + T(e_s)
-    heads on [q̃_1, q̃_2, q̃_3, q̃_4, p_5, p_6 (, p_7)] -> box_deltas [B, N, 4], class_logits [B, N, K + 1]
+    head on [q̃_1, q̃_2, q̃_3, q̃_4, p_5, p_6 (, p_7)] -> box_regression [B, N, 4],
+                                                        class_logits [B, N, num_classes + 1]
 
-Target assignment (``compute_loss``, spec §7): SSD matching of the ground truth to the priors
-(``ops.matching.ssd_match``, IoU >= ``matching_iou_threshold`` plus each ground truth's best
-prior), SSD coding with variances 0.1/0.2 (``ops.boxes.encode_boxes`` with weights
-(10, 10, 5, 5)) in pixels -- identical to the normalised coding because both sides scale --,
-class target = label + 1 for positives and 0 (background) otherwise; the loss is
-``MultiBoxLoss`` (softmax CE with 3:1 hard-negative mining + smooth-L1, divided by the
-positives of the global batch under ``keras_cvx.training.Trainer``). Decoding (``predict_step``): a swappable decoder layer, by default
-``SSDDecoder`` (softmax, decode, per-class top-400, class-aware NMS 0.45, 100 detections).
+The parts (each a constructor argument, serialised in the config):
 
-Backbones and the pyramid:
+* ``anchor_generator`` (default ``SSDAnchorGenerator()``): SSD300/512's COCO anchors when the
+  pyramid has their feature sizes, otherwise the SSD paper's scale rule.
+* ``label_encoder`` (default ``SSDLabelEncoder()``): SSD matching (IoU >= 0.5 plus each
+  ground truth's best anchor) and SSD box coding; the loss is ``MultiBoxLoss`` (softmax CE
+  with 3:1 hard-negative mining + smooth-L1), divided by the positives of the global batch
+  under ``keras_cvx.training.Trainer`` (``loss_normalizers``).
+* ``decoder`` (default ``SSDDecoder()``): softmax, decoding, per-class top-400, class-aware NMS
+  0.45, 100 detections.
+
+Backbones and the pyramid (``backbone``):
 
 - ``"vgg16"``: ``VGG16SSD`` (conv3_3, p1 = L2-normalised conv4_3 ... p6, p7 at 512),
-  ``backbone_width`` its width multiplier.
+  ``width_multiplier`` its width multiplier.
 - ``"resnet50"`` (or ``"resnet10"``, ``"resnet18"``, ``"resnet34"``, ``"resnet101"``):
-  ``ResNet(depth)`` C2..C5 with ``base_width`` 64 times ``backbone_width``; C2 is the shallower
-  neighbour, levels are C3, C4, C5 followed by SSD extra blocks ([I], the spec leaves the ResNet
-  pyramid open [U]). At 300: 38, 19, 10 + 5, 3, 1; at 512: 64, 32, 16 + 8, 4, 2, 1.
-- a Functional feature model (list or dict outputs, input ``(S, S, 3)``, mean-subtracted
-  float): its outputs are sorted by spatial size, largest first (ties keep their output order);
-  the first is the shallower neighbour of level 1 (used by NNFM only), the others are levels
-  1, 2, ... .
+  ``ResNet(depth)`` C2..C5 with ``base_width`` 64 times ``width_multiplier``; C2 is the
+  shallower neighbour, levels are C3, C4, C5 followed by SSD extra blocks (NETNet gives no
+  ResNet pyramid; this one is ours). At 300: 38, 19, 10 + 5, 3, 1; at 512: 64, 32, 16 + 8, 4, 2, 1.
+- a feature model (a ``Backbone`` or any Functional model; list or dict outputs, input
+  ``(S, S, 3)``, mean-subtracted float): its outputs are sorted by spatial size, largest first
+  (ties keep their output order); the first is the shallower neighbour of level 1 (used by
+  NNFM only), the others are levels 1, 2, ... .
 
 SSD extra blocks (rows of VGG16-SSD's extra layers, ``backbones.vgg.SSD_EXTRAS``: 1×1 conv +
-ReLU, zero padding, 3×3 (or 4×4) conv + ReLU; widths times ``backbone_width``) are appended to
-the deepest map: when ``image_size`` is 300 or 512 and the backbone's levels are SSD's leading
-feature sizes, the last rows that complete SSD's 6 / 7 levels; otherwise ([I]) 3×3/2 pad 1
-blocks (3×3 'valid' from 3×3) until the deepest map is 1×1 (none when it already is).
+ReLU, zero padding, 3×3 (or 4×4) conv + ReLU; widths times ``width_multiplier``) are appended
+to the deepest map: when ``image_size`` is 300 or 512 and the backbone's levels are SSD's
+leading feature sizes, the last rows that complete SSD's 6 / 7 levels; otherwise (our choice,
+for small models) 3×3/2 pad 1 blocks (3×3 'valid' from 3×3) until the deepest map is 1×1
+(none when it already is).
 
-Priors: ``ops.anchors.ssd_prior_boxes`` on the actual (static) feature-map sizes. When they
-are SSD300's/SSD512's feature sizes, the COCO settings of ``SSD_CONFIGS`` are used. Otherwise
-([I], for small test and example models) the SSD paper's rule (arXiv 1512.02325 eq. 4,
-VOC-style first level): for L levels, scales s_1 = 0.1, s_k = 0.2 + 0.7 (k - 2) / (L - 2)
-for k = 2..L, s_{L+1} = s_L + 0.7 / (L - 2) (L >= 3; with L <= 2 the scales are 0.2 and
-0.9 spread evenly), min size s_k S, max size s_{k+1} S, step S / f_k, aspect ratios (2,) on the
-first and the last two levels and (2, 3) elsewhere.
-
-Choices where the spec says [U]/[I] (constructor arguments): NNFM width 256
+Defaults where the paper is silent (constructor arguments): NNFM width 256
 (``fusion_channels``), NNFM on the first 4 levels (``fusion_levels``), NETM pairs
 ((1, 3), (2, 4)) (``netm_pairs``), NEM gate ``"conv"`` (``nem_gate``), NTM average pooling
 (``ntm_pool``), NNFM max pooling (``nnfm_pool``); with several NETM pairs every gate is
 computed before any transfer is added. Input preprocessing is inside the model: RGB in
-0..255 minus ``pixel_mean`` (SSD's BGR (104, 117, 123) in RGB order), no scaling. Priors are
-not clipped by default (Caffe SSD; the PyTorch ports clip: ``clip_priors=True``).
-``compute_loss``'s ``sample_weight`` ``[B]`` weighs the images' loss terms (``MultiBoxLoss``).
+0..255 minus ``pixel_mean`` (SSD's BGR (104, 117, 123) in RGB order), no scaling. Anchors are
+not clipped by default (Caffe SSD; ``SSDAnchorGenerator(clip="center_size")`` gives the
+PyTorch ports' anchors). ``compute_loss``'s ``sample_weight`` ``[B]`` weighs the images'
+loss terms (``MultiBoxLoss``).
 """
 
 import copy
@@ -75,12 +72,13 @@ from keras_cvx.layers.nn_fusion import NearestNeighborFusion
 from keras_cvx.layers.ssd_decoder import SSDDecoder
 from keras_cvx.losses.multibox import MultiBoxLoss
 from keras_cvx.losses.replicas import LOSS_NORMALIZERS
+from keras_cvx.models.anchor_generators.ssd import SSDAnchorGenerator
 from keras_cvx.models.backbones.resnet import ResNet
 from keras_cvx.models.backbones.vgg import SSD_EXTRAS, VGG16SSD, scaled_channels
-from keras_cvx.ops.anchors import SSD_CONFIGS, ssd_prior_boxes
-from keras_cvx.ops.boxes import BOX_CODER_WEIGHTS, clip_boxes, encode_boxes
-from keras_cvx.ops.matching import ssd_match
-from keras_cvx.validation import require_choice, require_positive, require_positive_int, require_unit_interval
+from keras_cvx.models.label_encoders.ssd import SSDLabelEncoder
+from keras_cvx.ops.anchors import SSD_CONFIGS
+from keras_cvx.ops.boxes import clip_boxes
+from keras_cvx.validation import require_choice, require_positive, require_positive_int
 
 RESNET_BACKBONES = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 BACKBONES = ("vgg16",) + tuple(RESNET_BACKBONES)
@@ -88,15 +86,29 @@ SSD_PIXEL_MEAN = (123.0, 117.0, 104.0)
 """SSD's BGR mean (104, 117, 123) in RGB order."""
 
 
-def _make_backbone(backbone, image_size, width):
+def make_backbone(backbone, image_size, width_multiplier):
+    """The backbone model for a name of ``BACKBONES``, a model, or a serialized model."""
+    if isinstance(backbone, dict):
+        return keras.saving.deserialize_keras_object(backbone)
     if backbone == "vgg16":
-        return VGG16SSD(image_size=image_size, width_multiplier=width)
-    if backbone in RESNET_BACKBONES:
+        return VGG16SSD(image_size=image_size, width_multiplier=width_multiplier)
+    if isinstance(backbone, str) and backbone in RESNET_BACKBONES:
         return ResNet(depth=RESNET_BACKBONES[backbone], include_top=False, input_shape=(image_size, image_size, 3),
-                      base_width=scaled_channels(64, width))
+                      base_width=scaled_channels(64, width_multiplier))
     if isinstance(backbone, keras.Model):
         return backbone
     raise ValueError(f"`backbone` must be one of {list(BACKBONES)} or a Functional keras.Model, got {backbone!r}.")
+
+
+def _part(value, default, name):
+    """A detector part: ``default`` for None, deserialized from a config dict, or as given."""
+    if value is None:
+        return default
+    if isinstance(value, dict):
+        return keras.saving.deserialize_keras_object(value)
+    if not callable(value):
+        raise ValueError(f"`{name}` must be a callable {type(default).__name__}-like object, got {value!r}.")
+    return value
 
 
 def _ordered_outputs(backbone):
@@ -140,51 +152,49 @@ def _generic_extra_rows(size):
     return rows
 
 
-def _derived_prior_settings(image_size, feature_sizes):
-    """The SSD paper's scale rule for feature sizes without a built-in setting (module docstring)."""
-    levels = len(feature_sizes)
-    if levels >= 3:
-        scales = [0.1] + [0.2 + 0.7 * (k - 2) / (levels - 2) for k in range(2, levels + 1)]
-        scales.append(scales[-1] + 0.7 / (levels - 2))
-    else:
-        scales = list(np.linspace(0.2, 0.9, levels + 1))
-    aspect_ratios = [(2,) if k == 0 or k >= levels - 2 else (2, 3) for k in range(levels)]
-    return dict(
-        feature_sizes=tuple(feature_sizes),
-        steps=tuple(image_size / f for f in feature_sizes),
-        min_sizes=tuple(s * image_size for s in scales[:-1]),
-        max_sizes=tuple(s * image_size for s in scales[1:]),
-        aspect_ratios=tuple(aspect_ratios),
-    )
-
-
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class SSDNet(keras.Model):
     """SSD-NET (NETNet) or plain SSD for ``num_classes`` object classes (see the module docstring).
 
     Args:
-        num_classes: object classes; the background logit (index 0) is added inside.
-        image_size: square input size S (300 and 512 use the SSD COCO priors).
+        num_classes: object classes; the head adds the background logit (index 0).
+        image_size: square input size S (300 and 512 use the SSD COCO anchors).
         backbone: ``"vgg16"``, ``"resnet10"``/``"resnet18"``/``"resnet34"``/``"resnet50"``/
-            ``"resnet101"``, or a Functional feature model (see the module docstring).
+            ``"resnet101"``, or a feature model (see the module docstring).
         net_modules: True for NETNet (NNFM + NETMs), False for plain SSD.
-        backbone_width: width multiplier of VGG16 / of ResNet's base width 64, and of the SSD
-            extra blocks (channels at least 8).
+        width_multiplier: width of VGG16 / of ResNet's base width 64, and of the SSD extra
+            blocks (channels at least 8) for the named backbones.
         fusion_channels: NNFM output channels.
+        anchor_generator: an ``SSDAnchorGenerator``-like object, or None for ``SSDAnchorGenerator()``.
+        label_encoder: an ``SSDLabelEncoder``-like object, or None for ``SSDLabelEncoder()``.
         decoder: a decoder layer (``SSDDecoder`` interface) or None for ``SSDDecoder()``.
         fusion_levels: NNFM is applied to levels 1..fusion_levels (0: none).
         netm_pairs: 1-based (shallow, deep) level pairs joined by NEM + NTM.
         nem_gate: NEM gate function (``"conv"``, ``"max"``, ``"mean"``).
         ntm_pool: NTM down-sampling (``"avg"``, ``"max"``).
         nnfm_pool: NNFM down-sampling of the shallower neighbour (``"max"``, ``"avg"``).
-        matching_iou_threshold: SSD matching IoU threshold.
-        negative_positive_ratio: hard-negative mining ratio of ``MultiBoxLoss``.
-        localization_weight: α of ``MultiBoxLoss``.
-        clip_priors: clip the priors to the image.
+        negative_positive_ratio: hard-negative mining ratio of ``MultiBoxLoss`` (3).
+        localization_weight: α of ``MultiBoxLoss`` (1).
         pixel_mean: RGB mean subtracted from the input.
 
-    Call: ``model(images [B, S, S, 3])`` -> ``{"box_deltas": [B, N, 4], "class_logits":
-    [B, N, num_classes + 1]}``. ``predict_step(images)`` -> padded detections.
+    Call: ``model(images [B, S, S, 3])`` -> ``{"box_regression": [B, N, 4], "class_logits":
+    [B, N, num_classes + 1]}``. ``predict_step(images)`` -> padded detections ``boxes``
+    ``[B, D, 4]`` (``xyxy`` pixels), ``scores`` ``[B, D]``, ``classes`` ``[B, D]``,
+    ``num_detections`` ``[B]``.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from keras_cvx.models import SSDNet
+
+    model = SSDNet(num_classes=3, image_size=64, backbone="resnet10", width_multiplier=0.125,
+                   fusion_channels=16)
+    outputs = model(np.zeros((1, 64, 64, 3), "float32"))
+    assert outputs["class_logits"].shape == (1, model.num_anchors, 4)
+    targets = {"boxes": np.array([[[8.0, 8.0, 40.0, 48.0]]], "float32"), "labels": np.array([[2]], "int32")}
+    loss = model.compute_loss(np.zeros((1, 64, 64, 3), "float32"), targets, outputs)
+    ```
     """
 
     def __init__(
@@ -193,76 +203,67 @@ class SSDNet(keras.Model):
         image_size=300,
         backbone="vgg16",
         net_modules=True,
-        backbone_width=1.0,
+        width_multiplier=1.0,
         fusion_channels=256,
+        anchor_generator=None,
+        label_encoder=None,
         decoder=None,
         fusion_levels=4,
         netm_pairs=((1, 3), (2, 4)),
         nem_gate="conv",
         ntm_pool="avg",
         nnfm_pool="max",
-        matching_iou_threshold=0.5,
         negative_positive_ratio=3.0,
         localization_weight=1.0,
-        clip_priors=False,
         pixel_mean=SSD_PIXEL_MEAN,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.num_classes = require_positive_int("num_classes", num_classes)
         self.image_size = require_positive_int("image_size", image_size)
-        self.backbone_width = require_positive("backbone_width", backbone_width)
+        self.width_multiplier = require_positive("width_multiplier", width_multiplier)
         self.net_modules = bool(net_modules)
         self.fusion_channels = require_positive_int("fusion_channels", fusion_channels)
-        if isinstance(fusion_levels, bool) or not isinstance(fusion_levels, int) or fusion_levels < 0:
+        if isinstance(fusion_levels, bool) or not isinstance(fusion_levels, (int, np.integer)) or fusion_levels < 0:
             raise ValueError(f"`fusion_levels` must be a non-negative integer, got {fusion_levels!r}.")
-        self.fusion_levels = fusion_levels
+        self.fusion_levels = int(fusion_levels)
         self.netm_pairs = tuple((int(s), int(d)) for s, d in netm_pairs)
         self.nem_gate = require_choice("nem_gate", nem_gate, GATES)
         self.ntm_pool = require_choice("ntm_pool", ntm_pool, POOL_TYPES)
         self.nnfm_pool = require_choice("nnfm_pool", nnfm_pool, POOL_TYPES)
-        self.matching_iou_threshold = require_unit_interval(
-            "matching_iou_threshold", matching_iou_threshold, include_one=True
-        )
-        self.clip_priors = bool(clip_priors)
         if len(pixel_mean) != 3:
             raise ValueError(f"`pixel_mean` must be 3 numbers (R, G, B), got {pixel_mean!r}.")
         self.pixel_mean = tuple(float(m) for m in pixel_mean)
+        self.anchor_generator = _part(anchor_generator, SSDAnchorGenerator(), "anchor_generator")
+        self.label_encoder = _part(label_encoder, SSDLabelEncoder(), "label_encoder")
+        self.decoder = _part(decoder, SSDDecoder(), "decoder")
 
         if isinstance(backbone, str):
             require_choice("backbone", backbone, BACKBONES)
-        self.backbone = _make_backbone(backbone, self.image_size, self.backbone_width)
-        self._backbone_name = backbone if isinstance(backbone, str) else None
+        self.backbone = make_backbone(backbone, self.image_size, self.width_multiplier)
         self._output_keys, shapes = _ordered_outputs(self.backbone)
         self._shallow_shape, level_shapes = shapes[0], list(shapes[1:])
 
         sizes = [s[1] for s in level_shapes]
-        config = SSD_CONFIGS.get(self.image_size)
-        rows = _ssd_extra_rows(self.image_size, sizes) if config else None
+        rows = _ssd_extra_rows(self.image_size, sizes) if self.image_size in SSD_CONFIGS else None
         if rows is None:
             rows = _generic_extra_rows(sizes[-1])
         self.extra_blocks, self._extra_input_shapes = [], []
         for reduced, channels, kernel, stride, padding in rows:
             block = keras.Sequential(name=f"extra{len(self.extra_blocks) + 1}")
-            block.add(keras.layers.Conv2D(scaled_channels(reduced, self.backbone_width), 1, activation="relu"))
+            block.add(keras.layers.Conv2D(scaled_channels(reduced, self.width_multiplier), 1, activation="relu"))
             if padding:
                 block.add(keras.layers.ZeroPadding2D(padding))
-            block.add(keras.layers.Conv2D(scaled_channels(channels, self.backbone_width), kernel, strides=stride,
+            block.add(keras.layers.Conv2D(scaled_channels(channels, self.width_multiplier), kernel, strides=stride,
                                           activation="relu"))
             self.extra_blocks.append(block)
             self._extra_input_shapes.append(level_shapes[-1])
             level_shapes.append(block.compute_output_shape(level_shapes[-1]))
-        sizes = [s[1] for s in level_shapes]
-        if config is not None and list(config["feature_sizes"]) == sizes:
-            settings = dict(config)
-        else:
-            settings = _derived_prior_settings(self.image_size, sizes)
         self._level_shapes = level_shapes
         self.num_levels = len(level_shapes)
-        self.prior_settings = settings
-        self.priors = np.asarray(ops.convert_to_numpy(ssd_prior_boxes(self.image_size, clip=self.clip_priors,
-                                                                       **settings)))
-        self.anchors_per_location = tuple(2 + 2 * len(r) for r in settings["aspect_ratios"])
+        self.feature_sizes = tuple(s[1] for s in level_shapes)
+        self.anchors = self.anchor_generator(self.image_size, self.feature_sizes)
+        anchors_per_location = self.anchor_generator.anchors_per_location(self.image_size, self.feature_sizes)
 
         self.fusions, self.erasers, self.transfers = [], [], []
         if self.net_modules:
@@ -283,21 +284,16 @@ class SSDNet(keras.Model):
             self.erasers = [NeighborErasing(gate=self.nem_gate, name=f"nem{s}_{d}") for s, d in self.netm_pairs]
             self.transfers = [NeighborTransferring(pool_type=self.ntm_pool, name=f"ntm{s}_{d}")
                               for s, d in self.netm_pairs]
-        self.head = SSDHead(self.num_classes + 1, anchors_per_location=self.anchors_per_location, name="head")
+        self.head = SSDHead(self.num_classes, anchors_per_location=anchors_per_location, name="head")
         self.multibox_loss = MultiBoxLoss(negative_positive_ratio=negative_positive_ratio,
                                           localization_weight=localization_weight)
         self.negative_positive_ratio = float(negative_positive_ratio)
         self.localization_weight = float(localization_weight)
-        if decoder is None:
-            decoder = SSDDecoder()
-        elif isinstance(decoder, dict):
-            decoder = keras.saving.deserialize_keras_object(decoder)
-        self.decoder = decoder
         self.build((None, self.image_size, self.image_size, 3))
 
     @property
-    def num_priors(self):
-        return int(self.priors.shape[0])
+    def num_anchors(self):
+        return int(self.anchors.shape[0])
 
     def build(self, input_shape=None):
         """Builds every sub-layer from the static feature shapes (done by ``__init__``; the input
@@ -320,7 +316,7 @@ class SSDNet(keras.Model):
         self.built = True
 
     def features(self, images, training=None):
-        """The pyramid the heads see: ``num_levels`` maps (after NNFM/NETM when enabled)."""
+        """The pyramid the head sees: ``num_levels`` maps (after NNFM/NETM when enabled)."""
         x = ops.cast(images, "float32") - np.asarray(self.pixel_mean, "float32")
         outputs = self.backbone(x, training=training)
         maps = [outputs[k] for k in self._output_keys]
@@ -348,28 +344,19 @@ class SSDNet(keras.Model):
     def compute_output_shape(self, input_shape):
         batch = input_shape[0]
         return {
-            "box_deltas": (batch, self.num_priors, 4),
-            "class_logits": (batch, self.num_priors, self.num_classes + 1),
+            "box_regression": (batch, self.num_anchors, 4),
+            "class_logits": (batch, self.num_anchors, self.num_classes + 1),
         }
 
     def assign_targets(self, boxes, labels):
-        """SSD targets for padded ground truth (``boxes [B, M, 4]`` ``xyxy`` pixels, ``labels
-        [B, M]`` 0-based, -1 padding): ``{"box_targets": [B, N, 4] float32 SSD-encoded deltas
-        (0 on negatives), "class_targets": [B, N] int32 label + 1 or 0 (background)}``."""
-        matched, state = ssd_match(boxes, labels, self.priors, self.matching_iou_threshold)
-        positive = state == 1
-        index = ops.maximum(matched, 0)  # batch size may be dynamic (model.fit): no static reshapes
-        matched_boxes = ops.take_along_axis(ops.cast(boxes, "float32"), ops.repeat(index[..., None], 4, axis=-1), 1)
-        matched_labels = ops.take_along_axis(ops.cast(labels, "int32"), index, axis=1)
-        deltas = encode_boxes(matched_boxes, self.priors, BOX_CODER_WEIGHTS)
-        return {
-            "box_targets": ops.where(positive[..., None], deltas, 0.0),
-            "class_targets": ops.where(positive, matched_labels + 1, 0),
-        }
+        """The label encoder's targets for padded ground truth (``boxes [B, M, 4]`` ``xyxy``
+        pixels, ``labels [B, M]`` 0-based, -1 padding): ``{"box_targets": [B, N, 4],
+        "class_targets": [B, N]}`` (label + 1, 0 background)."""
+        return self.label_encoder(boxes, labels, self.anchors)
 
     def loss_normalizers(self, y):
         """The counts that normalise the loss, for this batch: ``{"num_positives": float32}``,
-        the priors matched to a ground truth. ``keras_cvx.training.Trainer`` sums them over the
+        the anchors matched to a ground truth. ``keras_cvx.training.Trainer`` sums them over the
         replicas and passes the sums back in ``y["loss_normalizers"]`` (see
         ``keras_cvx.losses.replicas``)."""
         positives = self.assign_targets(y["boxes"], y["labels"])["class_targets"] > 0
@@ -390,7 +377,7 @@ class SSDNet(keras.Model):
     def decode(self, predictions):
         """Padded detections (``boxes`` clipped to the image, ``scores``, ``classes``,
         ``num_detections``) from the output of ``call``, by ``self.decoder``."""
-        detections = dict(self.decoder(predictions["box_deltas"], predictions["class_logits"], self.priors))
+        detections = dict(self.decoder(predictions["box_regression"], predictions["class_logits"], self.anchors))
         detections["boxes"] = clip_boxes(detections["boxes"], (self.image_size, self.image_size))
         return detections
 
@@ -408,27 +395,24 @@ class SSDNet(keras.Model):
         config.update(
             num_classes=self.num_classes,
             image_size=self.image_size,
-            backbone=self._backbone_name or keras.saving.serialize_keras_object(self.backbone),
+            backbone=keras.saving.serialize_keras_object(self.backbone),
             net_modules=self.net_modules,
-            backbone_width=self.backbone_width,
+            width_multiplier=self.width_multiplier,
             fusion_channels=self.fusion_channels,
+            anchor_generator=keras.saving.serialize_keras_object(self.anchor_generator),
+            label_encoder=keras.saving.serialize_keras_object(self.label_encoder),
             decoder=keras.saving.serialize_keras_object(self.decoder),
             fusion_levels=self.fusion_levels,
             netm_pairs=[list(p) for p in self.netm_pairs],
             nem_gate=self.nem_gate,
             ntm_pool=self.ntm_pool,
             nnfm_pool=self.nnfm_pool,
-            matching_iou_threshold=self.matching_iou_threshold,
             negative_positive_ratio=self.negative_positive_ratio,
             localization_weight=self.localization_weight,
-            clip_priors=self.clip_priors,
             pixel_mean=list(self.pixel_mean),
         )
         return config
 
     @classmethod
     def from_config(cls, config):
-        config = copy.deepcopy(config)  # deserialization consumes the nested dicts
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**copy.deepcopy(config))  # deserialization consumes the nested dicts

@@ -3,7 +3,7 @@
 Float32 inside under every dtype policy, static shapes, compiled by XLA and run under JAX.
 """
 
-from keras_cvx.ops.anchors import SSD_CONFIGS, fcos_locations, fpn_anchors, ssd_prior_boxes
+from keras_cvx.ops.anchors import SSD_CONFIGS, fcos_locations, fpn_anchors, ssd_anchors
 from keras_cvx.ops.boxes import (
     box_area,
     clip_boxes,

@@ -1,6 +1,6 @@
 """Anchor boxes and location grids, ``xyxy`` in absolute pixels, float32.
 
-* ``ssd_prior_boxes``: SSD's default boxes as used by NETNet ("Neighbor Erasing and
+* ``ssd_anchors``: SSD's default boxes as used by NETNet ("Neighbor Erasing and
   Transferring Network for Better Single Shot Object Detection", arXiv 2001.06690; SSD,
   arXiv 1512.02325, eq. 4). Per level ``l`` with feature size ``f``, step ``s``, sizes
   ``m < M`` and aspect ratios ``AR``: centres ``((j + 0.5) s, (i + 0.5) s)``; per cell the
@@ -52,10 +52,10 @@ SSD_CONFIGS = {
         aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,)),
     ),
 }
-"""SSD300 and SSD512 COCO prior settings (8732 and 24564 boxes)."""
+"""SSD300 and SSD512 COCO anchor settings (8732 and 24564 boxes)."""
 
 CLIP_MODES = (False, True, "corners", "center_size")
-"""Values of ``ssd_prior_boxes``'s ``clip``."""
+"""Values of ``ssd_anchors``'s ``clip``."""
 
 
 def _pairs(image_size):
@@ -65,9 +65,10 @@ def _pairs(image_size):
     return int(height), int(width)
 
 
-def ssd_prior_boxes(image_size=300, feature_sizes=None, steps=None, min_sizes=None, max_sizes=None,
+def ssd_anchors(image_size=300, feature_sizes=None, steps=None, min_sizes=None, max_sizes=None,
                     aspect_ratios=None, clip=False):
-    """SSD prior boxes ``[N, 4]`` for a square ``image_size`` (pixels).
+    """SSD anchors (the SSD paper's "default boxes", "priors" in its code) ``[N, 4]`` for a square
+    ``image_size`` (pixels).
 
     ``image_size`` 300 or 512 selects ``SSD_CONFIGS`` (COCO) for every setting left as None;
     other sizes need all five settings.
@@ -79,8 +80,8 @@ def ssd_prior_boxes(image_size=300, feature_sizes=None, steps=None, min_sizes=No
 
     Example::
 
-        priors = ssd_prior_boxes(300)                        # (8732, 4) xyxy pixels
-        ported = ssd_prior_boxes(300, clip="center_size")    # the PyTorch ports' priors
+        anchors = ssd_anchors(300)                       # (8732, 4) xyxy pixels
+        ported = ssd_anchors(300, clip="center_size")    # the PyTorch ports' priors
     """
     if clip not in CLIP_MODES:
         raise ValueError(f"`clip` must be one of {CLIP_MODES}, got {clip!r}.")

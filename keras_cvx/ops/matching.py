@@ -1,4 +1,4 @@
-"""Target assignment of anchors/priors/locations to padded ground truth.
+"""Target assignment of anchors (SSD's priors) and locations to padded ground truth.
 
 Ground truth is padded: ``gt_boxes [B, M, 4]`` (``xyxy`` pixels) and ``gt_labels [B, M]``
 with label ``-1`` for padding (unbatched ``[M, 4]``/``[M]`` also accepted); padding is never
@@ -16,8 +16,8 @@ per-anchor targets. Everything is float32.
   0.3 for mmdet v1's RPN), so a ground truth overlapping no anchor does not make every anchor
   positive.
 * ``ssd_match`` — SSD (arXiv 1512.02325 §2.2) as in the NETNet spec (arXiv 2001.06690): every
-  ground truth's best prior is forced positive with that ground truth (when two ground truths
-  pick the same prior the later index wins, as ssd.pytorch's loop), then every prior whose best
+  ground truth's best anchor is forced positive with that ground truth (when two ground truths
+  pick the same anchor the later index wins, as ssd.pytorch's loop), then every anchor whose best
   IoU is ``>= iou_threshold`` is positive with its best ground truth; the rest are negative.
 * ``fcos_match`` — FCOS (arXiv 1904.01355) with center sampling as in CondInst/AdelaiDet
   (arXiv 2003.05664): a location (x, y) of level l (stride s) is a candidate for box g when
@@ -78,15 +78,15 @@ def argmax_iou_match(gt_boxes, gt_labels, anchors, positive_threshold=0.7, negat
     return _finish(matched, state, unbatched)
 
 
-def ssd_match(gt_boxes, gt_labels, priors, iou_threshold=0.5):
-    """SSD's matching of ``priors [N, 4]``; see the module docstring. No ignored state."""
+def ssd_match(gt_boxes, gt_labels, anchors, iou_threshold=0.5):
+    """SSD's matching of ``anchors [N, 4]``; see the module docstring. No ignored state."""
     require_unit_interval("iou_threshold", iou_threshold, include_one=True)
     gt_boxes, valid, unbatched = _prepare(gt_boxes, gt_labels)
-    iou = _masked_iou(gt_boxes, valid, priors)
-    num_gt, num_priors = iou.shape[1], iou.shape[2]
+    iou = _masked_iou(gt_boxes, valid, anchors)
+    num_gt, num_anchors = iou.shape[1], iou.shape[2]
     best_iou = ops.max(iou, axis=1)
-    best_prior = ops.argmax(iou, axis=2)  # [B, M]
-    forced = (ops.expand_dims(best_prior, -1) == ops.arange(num_priors)) & valid[..., None]  # [B, M, N]
+    best_anchor = ops.argmax(iou, axis=2)  # [B, M]
+    forced = (ops.expand_dims(best_anchor, -1) == ops.arange(num_anchors)) & valid[..., None]  # [B, M, N]
     gt_ids = ops.reshape(ops.arange(num_gt, dtype="int32"), (1, num_gt, 1))
     forced_gt = ops.max(ops.where(forced, gt_ids, -1), axis=1)
     matched = ops.where(forced_gt >= 0, forced_gt, ops.cast(ops.argmax(iou, axis=1), "int32"))

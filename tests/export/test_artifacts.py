@@ -29,7 +29,7 @@ SERVING_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num
 
 def tiny_ssd_net():
     keras.utils.set_random_seed(0)
-    return SSDNet(3, image_size=SIZE, backbone="resnet10", backbone_width=0.0625, fusion_channels=8,
+    return SSDNet(3, image_size=SIZE, backbone="resnet10", width_multiplier=0.0625, fusion_channels=8,
                   decoder=SSDDecoder(max_detections=10))
 
 

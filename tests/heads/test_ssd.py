@@ -4,7 +4,7 @@ from keras import ops
 
 from keras_cvx.heads.ssd import SSDHead
 from keras_cvx.models.backbones.vgg import VGG16SSD
-from keras_cvx.ops.anchors import SSD_CONFIGS, ssd_prior_boxes
+from keras_cvx.ops.anchors import SSD_CONFIGS, ssd_anchors
 from tests.layers.test_neighbor_transferring import numpy_conv_same
 from tests.test_case import run_layer_test
 
@@ -21,7 +21,7 @@ def numpy_ssd_head(head, features):
     boxes, logits = [], []
     for feature, box_conv, class_conv in zip(features, head.box_convs, head.class_convs):
         boxes.append(numpy_conv_same(feature, *box_conv.get_weights()).reshape(len(feature), -1, 4))
-        logits.append(numpy_conv_same(feature, *class_conv.get_weights()).reshape(len(feature), -1, head.num_classes))
+        logits.append(numpy_conv_same(feature, *class_conv.get_weights()).reshape(len(feature), -1, head.num_classes + 1))
     return np.concatenate(boxes, 1), np.concatenate(logits, 1)
 
 
@@ -30,31 +30,31 @@ def test_harness():
     count = 4 * 4 * 2 + 2 * 2 * 3 + 1 * 1 * 2
     run_layer_test(
         SSDHead,
-        {"num_classes": 3, "anchors_per_location": (2, 3, 2), "bias_initializer": "random_normal"},
+        {"num_classes": 2, "anchors_per_location": (2, 3, 2), "bias_initializer": "random_normal"},
         features,
-        expected_output_shape={"box_deltas": (2, count, 4), "class_logits": (2, count, 3)},
+        expected_output_shape={"box_regression": (2, count, 4), "class_logits": (2, count, 3)},
         expected_num_trainable_weights=12,
     )
 
 
 def test_matches_numpy():
     features = _features(1, [(2, 5, 5, 3), (2, 3, 3, 4), (2, 1, 1, 2)])
-    head = SSDHead(4, anchors_per_location=(2, 3, 1), bias_initializer="random_normal")
+    head = SSDHead(3, anchors_per_location=(2, 3, 1), bias_initializer="random_normal")
     outputs = head(features)
     expected_boxes, expected_logits = numpy_ssd_head(head, [f.astype(np.float64) for f in features])
-    np.testing.assert_allclose(ops.convert_to_numpy(outputs["box_deltas"]), expected_boxes, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(outputs["box_regression"]), expected_boxes, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ops.convert_to_numpy(outputs["class_logits"]), expected_logits, rtol=1e-5, atol=1e-5)
 
 
-def test_output_order_is_the_prior_order_of_ssd300():
+def test_output_order_is_the_anchor_order_of_ssd300():
     """Box channel a·4 + c, with features (y, x) and weights picking them out, predicts
-    (row, column, prior index, level); each row must sit on the prior with the same index."""
+    (row, column, anchor index, level); each row must sit on the anchor with the same index."""
     config = SSD_CONFIGS[300]
     features = []
     for size in config["feature_sizes"]:
         grid = np.stack(np.meshgrid(np.arange(size), np.arange(size), indexing="ij"), -1)
         features.append(grid[None].astype("float32"))
-    head = SSDHead(2, anchors_per_location=SSD300_ANCHORS, kernel_initializer="zeros")
+    head = SSDHead(1, anchors_per_location=SSD300_ANCHORS, kernel_initializer="zeros")
     head.build([f.shape for f in features])
     for level, (anchors, conv) in enumerate(zip(SSD300_ANCHORS, head.box_convs)):
         kernel = np.zeros((3, 3, 2, anchors * 4), "float32")
@@ -64,16 +64,16 @@ def test_output_order_is_the_prior_order_of_ssd300():
         bias[2::4] = np.arange(anchors)
         bias[3::4] = level
         conv.set_weights([kernel, bias])
-    predicted = ops.convert_to_numpy(head(features)["box_deltas"])[0]
-    priors = ops.convert_to_numpy(ssd_prior_boxes(300))
-    assert predicted.shape == priors.shape == (8732, 4)
+    predicted = ops.convert_to_numpy(head(features)["box_regression"])[0]
+    anchors = ops.convert_to_numpy(ssd_anchors(300))
+    assert predicted.shape == anchors.shape == (8732, 4)
     row, column, index, level = (np.rint(predicted[:, k]).astype(int) for k in range(4))
     steps = np.array(config["steps"], "float32")[level]
-    np.testing.assert_allclose((priors[:, 0] + priors[:, 2]) / 2, (column + 0.5) * steps, atol=1e-3)
-    np.testing.assert_allclose((priors[:, 1] + priors[:, 3]) / 2, (row + 0.5) * steps, atol=1e-3)
-    first = index == 0  # the first prior of every cell is the (min size, min size) square
+    np.testing.assert_allclose((anchors[:, 0] + anchors[:, 2]) / 2, (column + 0.5) * steps, atol=1e-3)
+    np.testing.assert_allclose((anchors[:, 1] + anchors[:, 3]) / 2, (row + 0.5) * steps, atol=1e-3)
+    first = index == 0  # the first anchor of every cell is the (min size, min size) square
     np.testing.assert_allclose(
-        (priors[first, 2] - priors[first, 0]), np.array(config["min_sizes"], "float32")[level[first]], atol=1e-3
+        (anchors[first, 2] - anchors[first, 0]), np.array(config["min_sizes"], "float32")[level[first]], atol=1e-3
     )
     assert np.array_equal(np.bincount(level), [s * s * a for s, a in zip(config["feature_sizes"], SSD300_ANCHORS)])
 
@@ -94,27 +94,28 @@ def vgg_feature_shapes():
 @pytest.mark.parametrize(
     "size, anchors, num_classes, expected",
     [
-        (300, SSD300_ANCHORS, 21, 26_285_486),
-        (300, SSD300_ANCHORS, 81, 34_305_206),
-        (512, SSD512_ANCHORS, 21, 27_188_676),
-        (512, SSD512_ANCHORS, 81, 36_038_196),
+        (300, SSD300_ANCHORS, 20, 26_285_486),
+        (300, SSD300_ANCHORS, 80, 34_305_206),
+        (512, SSD512_ANCHORS, 20, 27_188_676),
+        (512, SSD512_ANCHORS, 80, 36_038_196),
     ],
 )
 def test_plain_ssd_parameter_counts(vgg_feature_shapes, size, anchors, num_classes, expected):
-    """Spec §9: VGG16-SSD + extras + this head has the well-known SSD parameter counts."""
+    """VGG16-SSD + extras + this head has the well-known SSD parameter counts (VOC: 20 object
+    classes, COCO: 80; the head adds the background column)."""
     backbone_params, shapes = vgg_feature_shapes[size]
     head = SSDHead(num_classes, anchors_per_location=anchors, kernel_initializer="zeros")
     head.build(shapes)
     assert backbone_params + head.count_params() == expected
-    assert head.num_priors(shapes) == (8732 if size == 300 else 24564)
+    assert head.num_anchors(shapes) == (8732 if size == 300 else 24564)
     output_shapes = head.compute_output_shape(shapes)
-    assert output_shapes["class_logits"] == (None, head.num_priors(shapes), num_classes)
+    assert output_shapes["class_logits"] == (None, head.num_anchors(shapes), num_classes + 1)
 
 
 @pytest.mark.parametrize(
     "kwargs, argument",
     [
-        ({"num_classes": 1}, "num_classes"),
+        ({"num_classes": 0}, "num_classes"),
         ({"num_classes": 3, "anchors_per_location": ()}, "anchors_per_location"),
         ({"num_classes": 3, "anchors_per_location": (4, 0)}, "anchors_per_location"),
         ({"num_classes": 3, "kernel_size": 0}, "kernel_size"),

@@ -8,18 +8,18 @@ from tests.ops.compiled import run_compiled
 from tests.test_case import run_loss_test
 
 
-def numpy_multibox(box_targets, class_targets, box_deltas, logits, ratio=3.0, alpha=1.0):
+def numpy_multibox(box_targets, class_targets, box_regression, logits, ratio=3.0, alpha=1.0):
     """Spec §7 with a loop per image: per-image (L_conf + α L_loc) / max(total positives, 1)."""
-    num_priors = logits.shape[1]
+    num_anchors = logits.shape[1]
     total_positives = int((class_targets > 0).sum())
     values = []
-    for targets, deltas, labels, z in zip(box_targets, box_deltas, class_targets, logits):
+    for targets, deltas, labels, z in zip(box_targets, box_regression, class_targets, logits):
         shifted = z - z.max(-1, keepdims=True)
         log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        positives = [j for j in range(num_priors) if labels[j] > 0]
-        candidates = [j for j in range(num_priors) if labels[j] == 0]
+        positives = [j for j in range(num_anchors) if labels[j] > 0]
+        candidates = [j for j in range(num_anchors) if labels[j] == 0]
         candidates.sort(key=lambda j: log_softmax[j, 0])  # largest background loss first
-        mined = candidates[: min(int(ratio * len(positives)), num_priors - 1)]
+        mined = candidates[: min(int(ratio * len(positives)), num_anchors - 1)]
         confidence = -sum(log_softmax[j, labels[j]] for j in positives) - sum(log_softmax[j, 0] for j in mined)
         localization = 0.0
         for j in positives:
@@ -38,7 +38,7 @@ def _batch(seed, batch=3, priors=20, classes=4, probabilities=(0.25, 0.55, 0.2))
         "box_targets": rng.normal(size=(batch, priors, 4)).astype("float32"),
         "class_targets": labels.astype("int32"),
     }, {
-        "box_deltas": rng.normal(scale=1.5, size=(batch, priors, 4)).astype("float32"),
+        "box_regression": rng.normal(scale=1.5, size=(batch, priors, 4)).astype("float32"),
         "class_logits": rng.normal(scale=2.0, size=(batch, priors, classes)).astype("float32"),
     }
 
@@ -47,7 +47,7 @@ def _reference(y_true, y_pred, **kwargs):
     return numpy_multibox(
         y_true["box_targets"].astype(np.float64),
         y_true["class_targets"],
-        y_pred["box_deltas"].astype(np.float64),
+        y_pred["box_regression"].astype(np.float64),
         y_pred["class_logits"].astype(np.float64),
         **kwargs,
     )
@@ -55,7 +55,7 @@ def _reference(y_true, y_pred, **kwargs):
 
 def _packed(y_true, y_pred):
     true = np.concatenate([y_true["box_targets"], y_true["class_targets"][..., None].astype("float32")], -1)
-    return true, np.concatenate([y_pred["box_deltas"], y_pred["class_logits"]], -1)
+    return true, np.concatenate([y_pred["box_regression"], y_pred["class_logits"]], -1)
 
 
 def _per_image(loss, y_true, y_pred):
@@ -91,12 +91,12 @@ def test_matches_numpy_per_image(seed, ratio, alpha, probabilities):
     np.testing.assert_allclose(float(loss(y_true, y_pred)), expected.sum(), rtol=1e-5)
 
 
-def test_cap_at_num_priors_minus_one():
+def test_cap_at_num_anchors_minus_one():
     """One image, N = 4, 2 positives: min(6, N − 1) = 3 negatives, but only 2 candidates."""
     labels = np.array([[1, 2, 0, 0]], "int32")
     logits = np.zeros((1, 4, 3), "float32")
     y_true = {"box_targets": np.zeros((1, 4, 4), "float32"), "class_targets": labels}
-    y_pred = {"box_deltas": np.zeros((1, 4, 4), "float32"), "class_logits": logits}
+    y_pred = {"box_regression": np.zeros((1, 4, 4), "float32"), "class_logits": logits}
     # every prior has CE ln 3; 2 positives + 2 mined negatives, divided by 2 positives
     np.testing.assert_allclose(float(MultiBoxLoss()(y_true, y_pred)), 4 * np.log(3) / 2, rtol=1e-6)
 
@@ -108,18 +108,18 @@ def test_dict_and_packed_inputs_agree():
 
 
 def _gradient(loss, y_true, y_pred):
-    """d loss / d (box_deltas, class_logits) with the active backend's autodiff."""
+    """d loss / d (box_regression, class_logits) with the active backend's autodiff."""
     def value(deltas, logits):
-        return loss(y_true, {"box_deltas": deltas, "class_logits": logits})
+        return loss(y_true, {"box_regression": deltas, "class_logits": logits})
 
     if keras.backend.backend() == "jax":
         import jax
 
-        grads = jax.grad(value, argnums=(0, 1))(y_pred["box_deltas"], y_pred["class_logits"])
+        grads = jax.grad(value, argnums=(0, 1))(y_pred["box_regression"], y_pred["class_logits"])
     else:
         import tensorflow as tf
 
-        inputs = [tf.constant(y_pred["box_deltas"]), tf.constant(y_pred["class_logits"])]
+        inputs = [tf.constant(y_pred["box_regression"]), tf.constant(y_pred["class_logits"])]
         with tf.GradientTape() as tape:
             tape.watch(inputs)
             result = value(*inputs)
@@ -169,13 +169,13 @@ def test_compiled_equals_eager():
     y_true, y_pred = _batch(10, batch=2, priors=50, classes=5)
     loss = MultiBoxLoss(negative_positive_ratio=2.0)
 
-    def per_image(box_targets, class_targets, box_deltas, class_logits):
+    def per_image(box_targets, class_targets, box_regression, class_logits):
         return loss.call(
             {"box_targets": box_targets, "class_targets": class_targets},
-            {"box_deltas": box_deltas, "class_logits": class_logits},
+            {"box_regression": box_regression, "class_logits": class_logits},
         )
 
-    arrays = (y_true["box_targets"], y_true["class_targets"], y_pred["box_deltas"], y_pred["class_logits"])
+    arrays = (y_true["box_targets"], y_true["class_targets"], y_pred["box_regression"], y_pred["class_logits"])
     compiled = run_compiled(per_image, *arrays)
     np.testing.assert_allclose(compiled, _per_image(loss, y_true, y_pred), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(compiled, _reference(y_true, y_pred, ratio=2.0), rtol=1e-5, atol=1e-6)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_cvx.ops.anchors import fcos_locations, fpn_anchors, ssd_prior_boxes
+from keras_cvx.ops.anchors import fcos_locations, fpn_anchors, ssd_anchors
 
 
 def _np(x):
@@ -10,10 +10,10 @@ def _np(x):
 
 
 def test_ssd_prior_counts():
-    assert tuple(ssd_prior_boxes(300).shape) == (8732, 4)
-    assert tuple(ssd_prior_boxes(512).shape) == (24564, 4)
+    assert tuple(ssd_anchors(300).shape) == (8732, 4)
+    assert tuple(ssd_anchors(512).shape) == (24564, 4)
     # the 6-level 512 layout of the spec (1x1 level dropped) has 24560
-    six = ssd_prior_boxes(
+    six = ssd_anchors(
         512, feature_sizes=(64, 32, 16, 8, 4, 2), steps=(8, 16, 32, 64, 128, 256),
         min_sizes=(20.48, 51.2, 133.12, 215.04, 296.96, 378.88),
         max_sizes=(51.2, 133.12, 215.04, 296.96, 378.88, 460.8),
@@ -23,7 +23,7 @@ def test_ssd_prior_counts():
 
 
 def test_ssd_prior_order_and_values_hand_computed():
-    priors = _np(ssd_prior_boxes(300))
+    priors = _np(ssd_anchors(300))
     # level 0, cell (0, 0): centre (4, 4); boxes 21x21, sqrt(21*45) square, then ar 2 pair.
     s = np.sqrt(21 * 45)
     r = np.sqrt(2)
@@ -40,7 +40,7 @@ def test_ssd_prior_order_and_values_hand_computed():
     np.testing.assert_allclose((priors[38 * 4, 1] + priors[38 * 4, 3]) / 2, 12.0)
     # the last prior: 1x1 level, centre 150, box (261/sqrt2, 261*sqrt2)
     np.testing.assert_allclose(priors[-1], [150 - 261 / r / 2, 150 - 261 * r / 2, 150 + 261 / r / 2, 150 + 261 * r / 2], rtol=1e-5)
-    clipped = _np(ssd_prior_boxes(300, clip=True))
+    clipped = _np(ssd_anchors(300, clip=True))
     assert clipped.min() == 0.0 and clipped.max() == 300.0 and priors.min() < 0
 
 
@@ -55,11 +55,11 @@ def numpy_center_size_clamp(priors, size):
 
 @pytest.mark.parametrize("size, changed, corner_changed, differ", [(300, 116, 2223, 2221), (512, 42, 4118, 4116)])
 def test_center_size_clip_is_the_pytorch_ports_and_differs_from_corner_clip(size, changed, corner_changed, differ):
-    priors = _np(ssd_prior_boxes(size)).astype(np.float64)
-    ported = _np(ssd_prior_boxes(size, clip="center_size"))
-    corners = _np(ssd_prior_boxes(size, clip="corners"))
+    priors = _np(ssd_anchors(size)).astype(np.float64)
+    ported = _np(ssd_anchors(size, clip="center_size"))
+    corners = _np(ssd_anchors(size, clip="corners"))
     np.testing.assert_allclose(ported, numpy_center_size_clamp(priors, size), atol=1e-3)
-    np.testing.assert_array_equal(corners, _np(ssd_prior_boxes(size, clip=True)))
+    np.testing.assert_array_equal(corners, _np(ssd_anchors(size, clip=True)))
     np.testing.assert_allclose(corners, np.clip(priors, 0, size), atol=1e-4)
 
     def count(a, b):
@@ -70,12 +70,12 @@ def test_center_size_clip_is_the_pytorch_ports_and_differs_from_corner_clip(size
 
 def test_ssd_unknown_clip_mode_is_rejected():
     with pytest.raises(ValueError, match="clip"):
-        ssd_prior_boxes(300, clip="centre")
+        ssd_anchors(300, clip="centre")
 
 
 def test_ssd_unknown_size_needs_settings():
     with pytest.raises(ValueError, match="image_size"):
-        ssd_prior_boxes(320)
+        ssd_anchors(320)
 
 
 def test_fpn_anchors_layout():

@@ -87,7 +87,7 @@ def build_model(model_name):
         from keras_cvx.layers.ssd_decoder import SSDDecoder
         from keras_cvx.models.ssd_net import SSDNet
 
-        model = SSDNet(3, image_size=64, backbone="resnet10", backbone_width=0.125, fusion_channels=8,
+        model = SSDNet(3, image_size=64, backbone="resnet10", width_multiplier=0.125, fusion_channels=8,
                        decoder=SSDDecoder(max_detections=5))
     rng = np.random.default_rng(5)
     for v in model.trainable_variables:
