@@ -2,6 +2,7 @@
 
 from keras_cvx.layers.channel_equilibrium import ChannelEquilibrium
 from keras_cvx.layers.cosine_dense import CosineDense
+from keras_cvx.layers.deformable_roi_pool import DeformableRoIPool
 from keras_cvx.layers.dynamic_relu import DynamicReLU
 from keras_cvx.layers.l2_normalization import L2Normalization
 from keras_cvx.layers.neighbor_erasing import NeighborErasing
