@@ -154,7 +154,7 @@ def parse_args(argv=None):
     data.add_argument("--synthetic-val-images", type=int, default=100)
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONES, default="resnet10")
-    model.add_argument("--image-size", type=int, default=160, help="square input size (300/512: SSD priors)")
+    model.add_argument("--image-size", type=int, default=160, help="square input size (300/512: SSD anchors)")
     model.add_argument("--width", type=float, default=0.25, help="backbone width multiplier")
     model.add_argument("--fusion-channels", type=int, default=64, help="NNFM width")
     model.add_argument("--net-modules", action="store_true", default=True, help="SSD-NET (NNFM + NETM)")
@@ -262,7 +262,7 @@ def main(argv=None):
 
     def build_model():
         model = SSDNet(len(classes), image_size=args.image_size, backbone=args.backbone, net_modules=args.net_modules,
-                       backbone_width=args.width, fusion_channels=args.fusion_channels)
+                       width_multiplier=args.width, fusion_channels=args.fusion_channels)
         if args.backbone_weights == "imagenet":  # before the Trainer restores a checkpoint, which wins
             convert_vgg16_weights(keras.applications.VGG16(include_top=True, weights="imagenet"), model.backbone)
         return model
@@ -277,7 +277,7 @@ def main(argv=None):
     model = trainer.model
     predict = tf.function(model.predict_step, jit_compile=True)
     print(f"SSDNet({'SSD-NET' if args.net_modules else 'plain SSD'}, {args.backbone} x{args.width}, "
-          f"{args.image_size}px): {model.num_priors} priors, {strategy.num_replicas_in_sync} replica(s)")
+          f"{args.image_size}px): {model.num_anchors} anchors, {strategy.num_replicas_in_sync} replica(s)")
     trainer.fit(train, args.steps)
     print(f"parameters: {model.count_params():,}")
 

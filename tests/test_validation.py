@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from keras_cvx.validation import require_choice, require_positive, require_positive_int, require_unit_interval
@@ -11,6 +12,13 @@ def test_valid_values_pass_through():
     assert require_choice("mode", "a", ("a", "b")) == "a"
 
 
+def test_numpy_numbers_are_accepted_as_python_numbers():
+    value = require_positive_int("n", np.int64(4))
+    assert value == 4 and type(value) is int
+    assert type(require_positive("x", np.float32(0.5))) is float
+    assert require_unit_interval("p", np.float64(0.25)) == 0.25
+
+
 @pytest.mark.parametrize(
     "check, args",
     [
@@ -21,6 +29,8 @@ def test_valid_values_pass_through():
         (require_positive, ("depth", float("nan"))),
         (require_unit_interval, ("depth", 1.0)),
         (require_unit_interval, ("depth", -0.1)),
+        (require_unit_interval, ("depth", "0.5")),
+        (require_positive_int, ("depth", np.float32(2.0))),
         (require_choice, ("depth", "c", ("a", "b"))),
     ],
 )

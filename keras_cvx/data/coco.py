@@ -160,7 +160,7 @@ def prepare_example(image, image_id, boxes, labels, crowd, masks, flip, image_si
     """
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     finite = tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
-    boxes = clip_boxes(tf.where(finite[:, None], boxes, tf.zeros_like(boxes)), height, width)
+    boxes = clip_boxes(tf.where(finite[:, None], boxes, tf.zeros_like(boxes)), (height, width))
     keep = (
         finite
         & tf.logical_not(crowd)

@@ -421,7 +421,7 @@ class SSDAugmentation:
         window_f = tf.cast(window, tf.float32)
         boxes = boxes + tf.cast(offset, tf.float32) - tf.stack([window_f[0], window_f[1]] * 2)
         window_w, window_h = window_f[2] - window_f[0], window_f[3] - window_f[1]
-        boxes = clip_boxes(boxes, window_h, window_w)
+        boxes = clip_boxes(boxes, (window_h, window_w))
         boxes = boxes * tf.stack([out_w / window_w, out_h / window_h] * 2)
         flip = params["flip"]
         image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
@@ -462,7 +462,7 @@ def prepare_ssd_example(image, image_id, boxes, labels, crowd, masks, seed, augm
     """
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     finite = tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
-    boxes = clip_boxes(tf.where(finite[:, None], boxes, tf.zeros_like(boxes)), height, width)
+    boxes = clip_boxes(tf.where(finite[:, None], boxes, tf.zeros_like(boxes)), (height, width))
     area_ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     keep = finite & tf.logical_not(crowd) & (labels >= 0) & area_ok
     boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)

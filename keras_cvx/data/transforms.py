@@ -57,11 +57,12 @@ def scale_boxes(boxes, scale):
     return tf.convert_to_tensor(boxes, tf.float32) * tf.cast(scale, tf.float32)
 
 
-def clip_boxes(boxes, height, width):
-    """Clips ``xyxy`` pixel boxes ``[..., 4]`` to the image ``[0, width] x [0, height]``."""
+def clip_boxes(boxes, image_size):
+    """Clips ``xyxy`` pixel boxes ``[..., 4]`` to the image ``[0, width] x [0, height]``;
+    ``image_size = (height, width)`` (numbers or tensors). The ``tf.data`` twin of
+    ``keras_cvx.ops.clip_boxes``, with the same signature."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
-    height = tf.cast(height, tf.float32)
-    width = tf.cast(width, tf.float32)
+    height, width = (tf.cast(v, tf.float32) for v in image_size)
     x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=-1)
     return tf.stack(
         [

@@ -62,4 +62,4 @@ def test_horizontal_flip_image_and_boxes():
 def test_scale_and_clip_boxes():
     boxes = np.array([[-2.0, 1.0, 12.0, 4.0]], np.float32)
     np.testing.assert_allclose(scale_boxes(boxes, 0.5).numpy(), [[-1.0, 0.5, 6.0, 2.0]])
-    np.testing.assert_allclose(clip_boxes(boxes, 3, 10).numpy(), [[0.0, 1.0, 10.0, 3.0]])
+    np.testing.assert_allclose(clip_boxes(boxes, (3, 10)).numpy(), [[0.0, 1.0, 10.0, 3.0]])
