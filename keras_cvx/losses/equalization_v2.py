@@ -44,7 +44,8 @@ INITIAL_RATIO = 100.0
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class EqualizationLossV2(keras.layers.Layer):
-    """EQL v2 loss layer: ``loss_per_roi = layer(logits, labels, training=...)``.
+    """EQL v2 loss layer: ``loss_per_roi = layer(labels, logits, training=...)`` (Keras's
+    ``(y_true, y_pred)`` order).
 
     Args:
         num_classes: foreground classes ``C`` (the logits have ``C + 1`` columns).
@@ -52,7 +53,7 @@ class EqualizationLossV2(keras.layers.Layer):
         mu: ``μ`` of the weight mapping (0.8).
         alpha: ``α`` of the positive weight (4).
 
-    Call: ``logits`` [R, C+1], ``labels`` [R] integer in ``{-1, 0..C-1, C (background)}``;
+    Call: ``labels`` [R] integer in ``{-1, 0..C-1, C (background)}``, ``logits`` [R, C+1];
     ``training=True`` updates the statistics after computing the loss. Returns float32 [R];
     ``ops.mean`` of it is the loss.
     """
@@ -66,7 +67,7 @@ class EqualizationLossV2(keras.layers.Layer):
         if self.alpha < 0:
             raise ValueError(f"`alpha` must be >= 0, got {alpha!r}.")
 
-    def build(self, logits_shape, labels_shape=None):
+    def build(self, labels_shape, logits_shape):
         if logits_shape[-1] is not None and logits_shape[-1] != self.num_classes + 1:
             raise ValueError(
                 f"`logits` must have num_classes + 1 = {self.num_classes + 1} columns, got {tuple(logits_shape)}."
@@ -94,7 +95,7 @@ class EqualizationLossV2(keras.layers.Layer):
         return {name: ops.convert_to_numpy(v) for name, v in
                 (("pos_grad", self.pos_grad), ("neg_grad", self.neg_grad), ("pos_neg_ratio", self.pos_neg_ratio()))}
 
-    def call(self, logits, labels, training=None):
+    def call(self, labels, logits, training=None):
         logits = ops.cast(logits, "float32")
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
         valid = labels >= 0
@@ -115,7 +116,7 @@ class EqualizationLossV2(keras.layers.Layer):
         self.pos_grad.assign_add(ops.sum(ops.abs(probabilities - 1.0) * targets * weights * row, axis=0))
         self.neg_grad.assign_add(ops.sum(probabilities * (1.0 - targets) * weights * row, axis=0))
 
-    def compute_output_shape(self, logits_shape, labels_shape=None):
+    def compute_output_shape(self, labels_shape, logits_shape):
         return (logits_shape[0],)
 
     def get_config(self):

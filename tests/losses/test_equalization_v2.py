@@ -48,7 +48,7 @@ def test_harness():
     run_layer_test(
         EqualizationLossV2,
         {"num_classes": 3},
-        [logits, labels],
+        [labels, logits],
         expected_output_shape=(6,),
         expected_num_trainable_weights=0,
         expected_num_non_trainable_weights=2,
@@ -61,7 +61,7 @@ def test_first_step_is_plain_bce_then_matches_numpy_over_steps():
     for step in range(4):
         logits, labels = _data(step, rois=10)
         labels[step] = -1  # one padding row per step
-        value = float(ops.convert_to_numpy(ops.mean(layer(logits, labels, training=True))))
+        value = float(ops.convert_to_numpy(ops.mean(layer(labels, logits, training=True))))
         np.testing.assert_allclose(value, reference.step(logits, labels), rtol=1e-5)
         if step == 0:
             y = np.eye(4)[labels[labels >= 0]]
@@ -75,7 +75,7 @@ def test_first_step_is_plain_bce_then_matches_numpy_over_steps():
 def test_inference_does_not_update_statistics():
     layer = EqualizationLossV2(3)
     logits, labels = _data()
-    layer(logits, labels, training=False)
+    layer(labels, logits, training=False)
     np.testing.assert_array_equal(layer.statistics()["pos_neg_ratio"], 100.0)
     np.testing.assert_array_equal(layer.statistics()["pos_grad"], 0.0)
 
@@ -85,7 +85,7 @@ def test_rare_class_negatives_are_down_weighted_after_training():
     layer = EqualizationLossV2(2)
     logits = np.zeros((8, 3), "float32")
     labels = np.array([0, 0, 0, 2, 2, 2, 2, 0], "int32")
-    layer(logits, labels, training=True)
+    layer(labels, logits, training=True)
     pos_w, neg_w = (ops.convert_to_numpy(t) for t in layer.class_weights())
     np.testing.assert_allclose(neg_w[1], 1 / (1 + np.exp(12 * 0.8)), rtol=1e-5)
     np.testing.assert_allclose(pos_w[1], 1 + 4 * (1 - neg_w[1]), rtol=1e-6)
@@ -94,10 +94,10 @@ def test_rare_class_negatives_are_down_weighted_after_training():
 
 def test_statistics_survive_keras_save_and_load():
     logits, labels = _data(1, rois=8)
-    inputs = [keras.Input((4,)), keras.Input((), dtype="int32")]
+    inputs = [keras.Input((), dtype="int32"), keras.Input((4,))]
     layer = EqualizationLossV2(3)
     model = keras.Model(inputs, layer(*inputs))
-    layer(logits, labels, training=True)
+    layer(labels, logits, training=True)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "m.keras")
         model.save(path)
@@ -106,8 +106,8 @@ def test_statistics_survive_keras_save_and_load():
     for name, value in layer.statistics().items():
         np.testing.assert_array_equal(restored_layer.statistics()[name], value)
     np.testing.assert_allclose(
-        ops.convert_to_numpy(restored.predict([logits, labels], verbose=0)),
-        ops.convert_to_numpy(layer(logits, labels)),
+        ops.convert_to_numpy(restored.predict([labels, logits], verbose=0)),
+        ops.convert_to_numpy(layer(labels, logits)),
         rtol=1e-6,
     )
 
@@ -131,7 +131,7 @@ class Classifier(keras.Model):
     def call(self, x, training=False):
         return self.dense(x)
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return replica_share(ops.mean(self.eql(y_pred, y, training=training)))
+        return replica_share(ops.mean(self.eql(y, y_pred, training=training)))
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=(8, 5)).astype("float32")
@@ -140,7 +140,7 @@ strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if sys.argv[1] 
             else tf.distribute.get_strategy())
 with strategy.scope():
     model = Classifier()
-    model(x[:1]); model.eql.build((None, 4))
+    model(x[:1]); model.eql.build((None,), (None, 4))
     optimizer = keras.optimizers.SGD(0.5)
 Trainer(model, optimizer, strategy, jit_compile=True, verbose=0).fit(tf.data.Dataset.from_tensors((x, y)).repeat(), 2)
 print(json.dumps({k: v.tolist() for k, v in model.eql.statistics().items()} | {"kernel": model.dense.kernel.numpy().tolist()}))
@@ -173,4 +173,4 @@ def test_bad_arguments_name_the_argument(kwargs, argument):
 
 def test_wrong_logit_width_is_rejected():
     with pytest.raises(ValueError, match="logits"):
-        EqualizationLossV2(3)(np.zeros((2, 3), "float32"), np.zeros((2,), "int32"))
+        EqualizationLossV2(3)(np.zeros((2,), "int32"), np.zeros((2, 3), "float32"))
