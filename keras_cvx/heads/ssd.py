@@ -80,8 +80,8 @@ class SSDHead(keras.layers.Layer):
             filters,
             self.kernel_size,
             padding="same",
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
+            kernel_initializer=self.kernel_initializer.clone(),
+            bias_initializer=self.bias_initializer.clone(),
             dtype=self.dtype_policy,
             name=name,
         )

@@ -137,11 +137,11 @@ class ChannelEquilibrium(keras.layers.Layer):
         self.num_groups = channels // self.group_channels
         hidden = max(1, channels // self.reduction)
         self.reduce = keras.layers.Dense(
-            hidden, use_bias=False, kernel_initializer=self.kernel_initializer, dtype="float32", name="reduce"
+            hidden, use_bias=False, kernel_initializer=self.kernel_initializer.clone(), dtype="float32", name="reduce"
         )
         self.norm = keras.layers.LayerNormalization(epsilon=self.epsilon, dtype="float32", name="norm")
         self.expand = keras.layers.Dense(
-            channels, use_bias=False, kernel_initializer=self.kernel_initializer, dtype="float32", name="expand"
+            channels, use_bias=False, kernel_initializer=self.kernel_initializer.clone(), dtype="float32", name="expand"
         )
         self.reduce.build((None, channels))
         self.norm.build((None, hidden))

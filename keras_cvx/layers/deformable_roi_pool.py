@@ -65,7 +65,7 @@ class DeformableRoIPool(keras.layers.Layer):
     >>> pool = DeformableRoIPool(output_size=7, spatial_scale=1 / 8)
     >>> features = np.random.rand(2, 32, 32, 16).astype("float32")
     >>> boxes = np.array([[[8, 8, 120, 100]], [[0, 0, 64, 64]]], "float32")
-    >>> pool(features, boxes, np.zeros((2, 1, 7, 7, 2), "float32")).shape
+    >>> tuple(pool(features, boxes, np.zeros((2, 1, 7, 7, 2), "float32")).shape)
     (2, 1, 7, 7, 16)
 
     Differences from the reference implementation: offsets are channels-last

@@ -94,7 +94,7 @@ class DynamicReLU(keras.layers.Layer):
         outputs = 2 * self.k * (1 if self.variant == "A" else channels)
         last_initializer = "zeros" if self.init_as_relu else self.kernel_initializer
         self.squeeze = keras.layers.Dense(
-            hidden, activation="relu", kernel_initializer=self.kernel_initializer, dtype="float32", name="fc1"
+            hidden, activation="relu", kernel_initializer=self.kernel_initializer.clone(), dtype="float32", name="fc1"
         )
         self.squeeze.build((input_shape[0], channels))
         self.coefficients = keras.layers.Dense(
@@ -102,7 +102,7 @@ class DynamicReLU(keras.layers.Layer):
         )
         self.coefficients.build((input_shape[0], hidden))
         if self.variant == "C":
-            self.spatial = keras.layers.Dense(1, kernel_initializer=self.kernel_initializer, dtype="float32", name="spatial")
+            self.spatial = keras.layers.Dense(1, kernel_initializer=self.kernel_initializer.clone(), dtype="float32", name="spatial")
             self.spatial.build((input_shape[0], channels))
 
     def _pieces(self, inputs):

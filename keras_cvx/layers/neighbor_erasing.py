@@ -78,8 +78,8 @@ class NeighborErasing(keras.layers.Layer):
             self.gate_conv = keras.layers.Conv2D(
                 1,
                 1,
-                kernel_initializer=self.kernel_initializer,
-                bias_initializer=self.bias_initializer,
+                kernel_initializer=self.kernel_initializer.clone(),
+                bias_initializer=self.bias_initializer.clone(),
                 dtype=self.dtype_policy,
                 name="gate_conv",
             )

@@ -107,8 +107,8 @@ class NeighborTransferring(keras.layers.Layer):
             deep_shape[-1],
             self.kernel_size,
             padding="same",
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
+            kernel_initializer=self.kernel_initializer.clone(),
+            bias_initializer=self.bias_initializer.clone(),
             dtype=self.dtype_policy,
             name="transfer_conv",
         )

@@ -71,8 +71,8 @@ class NearestNeighborFusion(keras.layers.Layer):
             self.filters,
             1,
             use_bias=use_bias,
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
+            kernel_initializer=self.kernel_initializer.clone(),
+            bias_initializer=self.bias_initializer.clone(),
             dtype=self.dtype_policy,
             name=name,
         )

@@ -149,17 +149,17 @@ class ReZeroTransformerEncoder(keras.layers.Layer):
             num_heads=self.num_heads,
             key_dim=width // self.num_heads,
             dropout=self.dropout,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=self.kernel_initializer.clone(),
             dtype=self.dtype_policy,
             name="self_attention",
         )
         self.attention.build(input_shape, input_shape)
         self.feedforward_in = keras.layers.Dense(
-            self.feedforward_dim, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="ff_in"
+            self.feedforward_dim, kernel_initializer=self.kernel_initializer.clone(), dtype=self.dtype_policy, name="ff_in"
         )
         self.feedforward_in.build(input_shape)
         self.feedforward_out = keras.layers.Dense(
-            width, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="ff_out"
+            width, kernel_initializer=self.kernel_initializer.clone(), dtype=self.dtype_policy, name="ff_out"
         )
         self.feedforward_out.build(tuple(input_shape[:-1]) + (self.feedforward_dim,))
         self.residual_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)

@@ -92,7 +92,7 @@ class SlimConv2D(keras.layers.Layer):
             padding="valid",
             dilation_rate=self.dilation_rate if kernel_size > 1 else 1,
             use_bias=use_bias,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=self.kernel_initializer.clone(),
             dtype=self.dtype_policy,
             name=name,
         )

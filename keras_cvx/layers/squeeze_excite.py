@@ -43,12 +43,12 @@ class SqueezeExcite(keras.layers.Layer):
         channels = int(input_shape[-1])
         hidden = max(1, channels // self.reduction)
         self.squeeze = keras.layers.Dense(
-            hidden, activation="relu", kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="squeeze"
+            hidden, activation="relu", kernel_initializer=self.kernel_initializer.clone(), dtype=self.dtype_policy, name="squeeze"
         )
         self.excite = keras.layers.Dense(
             channels,
             activation="sigmoid",
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=self.kernel_initializer.clone(),
             dtype=self.dtype_policy,
             name="excite",
         )

@@ -85,18 +85,23 @@ class FeaturePyramid(keras.layers.Layer):
         self.extra_levels = require_choice("extra_levels", extra_levels, EXTRA_LEVELS)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        conv = dict(kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer,
-                    dtype=self.dtype_policy)
+
+        def conv(filters, kernel_size, name, **options):
+            # a fresh initializer per layer: one instance reused gives every layer the same values
+            return keras.layers.Conv2D(filters, kernel_size, name=name, dtype=self.dtype_policy,
+                                       kernel_initializer=self.kernel_initializer.clone(),
+                                       bias_initializer=self.bias_initializer.clone(), **options)
+
         self.backbone_levels = list(range(self.min_level, 6))
         self.extra = list(range(6, self.max_level + 1))
         # lists indexed like backbone_levels / extra (layers in lists save and load by position)
-        self.lateral_convs = [keras.layers.Conv2D(self.channels, 1, name=f"lateral{l}", **conv)
+        self.lateral_convs = [conv(self.channels, 1, f"lateral{l}")
                               for l in self.backbone_levels]
-        self.output_convs = [keras.layers.Conv2D(self.channels, 3, padding="same", name=f"output{l}", **conv)
+        self.output_convs = [conv(self.channels, 3, f"output{l}", padding="same")
                              for l in self.backbone_levels]
         self.extra_convs = []
         if self.extra_levels == "conv":
-            self.extra_convs = [keras.layers.Conv2D(self.channels, 3, strides=2, padding="same", name=f"p{l}", **conv)
+            self.extra_convs = [conv(self.channels, 3, f"p{l}", strides=2, padding="same")
                                 for l in self.extra]
 
     @property
