@@ -32,10 +32,10 @@ One training image goes through, in SSD's order (``SSDAugmentation``):
    inside the window are kept (Caffe's ``emit_type: CENTER``), clipped to it; the others are
    dropped with their labels and masks.
 4. Warp resize of the window to the output size (no aspect preservation), bilinear with
-   half-pixel centres (``tf.image.resize``). The window is sampled straight from the
-   photometrically distorted image, pixels outside the image taking the fill value, which
-   equals resizing the materialised expanded canvas's crop (tested) without building a canvas
-   up to 16 times the image.
+   half-pixel centres (``tf.image.resize``). The window is cut from the photometrically
+   distorted image and padded with the fill value where it extends beyond it, which equals
+   cropping the expanded canvas (tested) without building the parts of a canvas (up to 16
+   times the image) that the window leaves out.
 5. Horizontal flip, p = 0.5 (after the resize: bilinear resizing with half-pixel centres
    commutes with the flip).
 
@@ -129,39 +129,25 @@ def adjust_photometric(image, params):
 
 @_no_autograph
 def warp_window(image, window, output_size, fill_value=0.0):
-    """Bilinear resize (half-pixel centres, as ``tf.image.resize``) of the integer window
+    """Bilinear resize (half-pixel centres, ``tf.image.resize``) of the integer window
     ``[x1, y1, x2, y2]`` of ``image`` ``[H, W, C]`` to ``output_size`` ``(h, w)``; the window
     may extend beyond the image, whose outside reads as ``fill_value`` (scalar or ``[C]``).
 
-    Equal to padding the image with ``fill_value`` until it covers the window, cropping the
-    window and calling ``tf.image.resize(..., "bilinear")``, without building the padded image.
+    The part of the window inside the image is cut out and padded with ``fill_value`` up to
+    the window (the window must overlap the image), then resized: the expanded canvas of
+    SSD's zoom-out is never built beyond the window.
     """
     out_h, out_w = _size("output_size", output_size)
     image = tf.convert_to_tensor(image, tf.float32)
     window = tf.cast(window, tf.int32)
-    fill = tf.broadcast_to(tf.cast(fill_value, tf.float32), tf.shape(image)[-1:])
+    fill = tf.cast(fill_value, tf.float32)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-
-    def taps(out_size, start, length, size):
-        length_f = tf.cast(length, tf.float32)
-        source = (tf.range(out_size, dtype=tf.float32) + 0.5) * length_f / out_size - 0.5
-        source = tf.clip_by_value(source, 0.0, length_f - 1.0)
-        low = tf.floor(source)
-        high = tf.minimum(low + 1.0, length_f - 1.0)
-        low_i, high_i = tf.cast(low, tf.int32) + start, tf.cast(high, tf.int32) + start
-        inside_low = (low_i >= 0) & (low_i < size)
-        inside_high = (high_i >= 0) & (high_i < size)
-        clamp = lambda i: tf.clip_by_value(i, 0, size - 1)  # noqa: E731
-        return clamp(low_i), clamp(high_i), inside_low, inside_high, source - low
-
-    y0, y1, y0_in, y1_in, fy = taps(out_h, window[1], window[3] - window[1], height)
-    x0, x1, x0_in, x1_in, fx = taps(out_w, window[0], window[2] - window[0], width)
-    top = tf.where(y0_in[:, None, None], tf.gather(image, y0), fill)
-    bottom = tf.where(y1_in[:, None, None], tf.gather(image, y1), fill)
-    rows = top + (bottom - top) * fy[:, None, None]
-    left = tf.where(x0_in[None, :, None], tf.gather(rows, x0, axis=1), fill)
-    right = tf.where(x1_in[None, :, None], tf.gather(rows, x1, axis=1), fill)
-    out = left + (right - left) * fx[None, :, None]
+    x1, y1 = tf.clip_by_value(window[0], 0, width), tf.clip_by_value(window[1], 0, height)
+    x2, y2 = tf.clip_by_value(window[2], x1, width), tf.clip_by_value(window[3], y1, height)
+    inside = image[y1:y2, x1:x2] - fill
+    pads = [[y1 - window[1], window[3] - y2], [x1 - window[0], window[2] - x2], [0, 0]]
+    cut = tf.pad(inside, pads) + fill
+    out = tf.image.resize(cut, (out_h, out_w), method="bilinear")
     return tf.ensure_shape(out, [out_h, out_w, image.shape[-1]])
 
 

@@ -186,7 +186,7 @@ def deformable_roi_pool(features, boxes, offsets=None, output_size=7, spatial_sc
     >>> import numpy as np
     >>> features = np.ones((1, 16, 16, 4), "float32")
     >>> boxes = np.array([[[8, 8, 120, 100]]], "float32")
-    >>> deformable_roi_pool(features, boxes, np.zeros((1, 1, 7, 7, 2), "float32"), 7, 1 / 8).shape
+    >>> tuple(deformable_roi_pool(features, boxes, np.zeros((1, 1, 7, 7, 2), "float32"), 7, 1 / 8).shape)
     (1, 1, 7, 7, 4)
     """
     output_size = _check_arguments(output_size, sampling_ratio, gamma)
@@ -222,7 +222,7 @@ def multilevel_deformable_roi_pool(features, boxes, offsets=None, output_size=7,
     >>> import numpy as np
     >>> pyramid = [np.ones((1, 64 // 2**k, 64 // 2**k, 2), "float32") for k in range(2, 6)]
     >>> boxes = np.array([[[0, 0, 40, 40], [0, 0, 250, 250]]], "float32")
-    >>> multilevel_deformable_roi_pool(pyramid, boxes, np.zeros((1, 2, 2), "float32")).shape
+    >>> tuple(multilevel_deformable_roi_pool(pyramid, boxes, np.zeros((1, 2, 2), "float32")).shape)
     (1, 2, 7, 7, 2)
     """
     output_size = _check_arguments(output_size, sampling_ratio, gamma)

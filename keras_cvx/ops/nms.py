@@ -51,26 +51,27 @@ def _tile_size(num_boxes, max_output_size):
 
 
 def _corners(boxes):
-    """``[B, N, 4]`` boxes -> ``(x1, y1, x2, y2, area)``, each float32 ``[B, N]`` with the corners
-    in order (arrays of coordinates vectorise better than ``[..., 4]`` slices)."""
+    """``[B, N, 4]`` boxes -> ``(x1, y1, x2, y2, area)``, each float32 ``[B, N]``, with the
+    corners in order (arrays of coordinates vectorise better than ``[..., 4]`` slices) and
+    ``area = +inf`` where the box is empty, so that its IoU with anything is 0."""
     boxes = ops.cast(boxes, "float32")
     x1, y1 = ops.minimum(boxes[..., 0], boxes[..., 2]), ops.minimum(boxes[..., 1], boxes[..., 3])
     x2, y2 = ops.maximum(boxes[..., 0], boxes[..., 2]), ops.maximum(boxes[..., 1], boxes[..., 3])
-    return x1, y1, x2, y2, (y2 - y1) * (x2 - x1)
+    area = (y2 - y1) * (x2 - x1)
+    return x1, y1, x2, y2, ops.where(area > 0.0, area, float("inf"))
 
 
 def _iou_above(a, b, threshold):
     """``IoU > threshold`` for every pair of ``a = (x1, y1, x2, y2, area)`` ``[B, T]`` and ``b``
     ``[B, M]`` -> ``[B, T, M]`` bool, with ``tf.image.non_max_suppression``'s arithmetic:
-    ``inter / (area_a + area_b - inter)`` in float32, 0 when either area is not positive."""
+    ``inter / (area_a + area_b - inter)`` in float32 (an empty box has area ``+inf`` here,
+    which gives its IoU 0 as TensorFlow does, without a select per pair)."""
     a = [t[:, :, None] for t in a]
     b = [t[:, None, :] for t in b]
     inter_w = ops.maximum(ops.minimum(a[2], b[2]) - ops.maximum(a[0], b[0]), 0.0)
     inter_h = ops.maximum(ops.minimum(a[3], b[3]) - ops.maximum(a[1], b[1]), 0.0)
     inter = inter_h * inter_w
-    positive = (a[4] > 0.0) & (b[4] > 0.0)
-    union = ops.where(positive, a[4] + b[4] - inter, 1.0)
-    return positive & (inter / union > threshold)
+    return inter / (a[4] + b[4] - inter) > threshold
 
 
 def _same_class(classes_a, classes_b):
@@ -138,7 +139,7 @@ def _greedy_nms(boxes, scores, classes, max_output_size, iou_threshold, score_th
             within = within & _same_class(current[5], current[5])
         candidate = tile_valid
         if not first:
-            # (1) suppressed by a box kept from an earlier tile (unused slots: area 0, IoU 0).
+            # (1) suppressed by a box kept from an earlier tile (unused slots have IoU 0).
             by_kept = _iou_above(current, kept[:5], iou_threshold)
             if classes is not None:
                 by_kept = by_kept & _same_class(current[5], kept[5])
@@ -174,7 +175,7 @@ def _greedy_nms(boxes, scores, classes, max_output_size, iou_threshold, score_th
     # Invalid boxes get key -inf: top_k puts them last and they are never kept.
     key = ops.where(scores > score_threshold, scores, float("-inf"))
     zeros = ops.cast(selected * 0, "float32")  # [B, K]
-    kept = [zeros] * 5 + ([] if classes is None else [selected])  # unused slots: area 0, IoU 0
+    kept = [zeros] * 4 + [zeros + float("inf")] + ([] if classes is None else [selected])  # unused: IoU 0
     state = (ops.convert_to_tensor(0, "int32"), key, kept, selected, batch_zeros[:, 0], ops.convert_to_tensor(True))
     state = tile_step(*state, first=True)  # peeled: often one tile fills the output
     if num_tiles > 1:

@@ -1,7 +1,8 @@
-"""RoIAlign (Mask R-CNN, arXiv 1703.06870, §3) with Detectron2's semantics, its FPN
-multi-level version (FPN, arXiv 1612.03144, eq. 1) and the bilinear sampler both are
-built on (also used by TSD's deformable, per-bin-offset pooling, arXiv 2003.07540 eq. 6,
-in ``keras_cvx.ops.deformable_roi_pool``).
+"""RoIAlign ("Mask R-CNN", He et al., arXiv 1703.06870, §3) with Detectron2's semantics, its
+multi-level version ("Feature Pyramid Networks for Object Detection", Lin et al., arXiv
+1612.03144, eq. 1) and the bilinear sampler both are built on (also used by the deformable,
+per-bin-offset pooling of "Revisiting the Sibling Head in Object Detector", arXiv 2003.07540,
+eq. 6, in ``keras_cvx.ops.deformable_roi_pool``).
 
 For a box ``(x1, y1, x2, y2)`` in image pixels, scale ``s`` and ``o = 0.5`` if ``aligned`` else 0::
 
@@ -22,13 +23,18 @@ samples touch, with the bilinear weights, the border rule and the ``1 / g^2`` me
 ``wy`` and ``wx``. The ``(2g)^2`` terms are gathered straight from the feature map (channels
 last, one row of ``C`` values per gather) and summed as they are gathered: XLA fuses the
 gathers, weights and sum into one loop that writes only the ``[B, R, out_h, out_w, C]``
-result. The gradient with respect to the features is the exact transpose, one scatter-add
-(``segment_sum``) of ``wy[a] wx[b] dL/dout`` into the feature rows. As in Detectron2 and
-torchvision, no gradient flows into the boxes.
+result. (The separable alternative, one small matmul per axis over the whole map, costs
+``R out H W C`` and was slower at every size measured on CPU.) The gradient with respect to
+the features is the exact transpose, one scatter-add (``segment_sum``) of
+``wy[a] wx[b] dL/dout`` into the feature rows. As in Detectron2 and torchvision, no gradient
+flows into the boxes.
 
-The multi-level version concatenates the pyramid levels into one table of feature rows and
-gives each box the row offset, size and scale of its own level, so each box is pooled once,
-from its level only (as TF Model Garden's ``multilevel_crop_and_resize``).
+The multi-level version gives each box the row offset, size and scale of its own level in a
+table of feature rows, so each box is pooled once, from its level only (as TF Model Garden's
+``multilevel_crop_and_resize``, which flattens all levels into one table). Here the largest
+level stays a table of its own (a reshape, no copy) and only the smaller levels are
+concatenated: copying a whole 800x800 pyramid costs about as much as pooling 512 RoIs, while
+the second table costs one extra gather per sample.
 
 Differences from the reference implementations: boxes come as a padded batch ``[B, R, 4]``
 (static shapes) instead of a list of ``(batch_index, box)`` rows. Detectron2's adaptive
@@ -357,7 +363,7 @@ def roi_align(features, boxes, output_size, spatial_scale, sampling_ratio=2, ali
     >>> import numpy as np
     >>> features = np.ones((1, 8, 8, 3), "float32")
     >>> boxes = np.array([[[0, 0, 16, 16], [8, 8, 32, 24]]], "float32")
-    >>> roi_align(features, boxes, 2, spatial_scale=0.25).shape
+    >>> tuple(roi_align(features, boxes, 2, spatial_scale=0.25).shape)
     (1, 2, 2, 2, 3)
     """
     output_size = _output_size(output_size)
@@ -421,7 +427,7 @@ def multilevel_roi_align(features, boxes, output_size, min_level=2, sampling_rat
     >>> import numpy as np
     >>> pyramid = [np.ones((1, 64 // 2**k, 64 // 2**k, 2), "float32") for k in range(2, 6)]
     >>> boxes = np.array([[[0, 0, 40, 40], [0, 0, 250, 250]]], "float32")
-    >>> multilevel_roi_align(pyramid, boxes, 7).shape
+    >>> tuple(multilevel_roi_align(pyramid, boxes, 7).shape)
     (1, 2, 7, 7, 2)
     """
     output_size = _output_size(output_size)

@@ -1,6 +1,7 @@
 import functools
 import math
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -156,8 +157,6 @@ def _ref_roi_align_transpose(shape, box, upstream, scale, ratio, aligned):
 
 def _feature_gradient(fn, features, upstream, *args):
     """d sum(fn(features, *args) * upstream) / d features, compiled, in the backend's way."""
-    import keras
-
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -257,3 +256,32 @@ def test_unknown_batch_size_in_a_graph():
     signature = [tf.TensorSpec([None, 7, 9, 3], tf.float32), tf.TensorSpec([None, 3, 4], tf.float32)]
     fn = tf.function(lambda f, b: roi_align(f, b, 2, 0.25), input_signature=signature)
     np.testing.assert_allclose(fn(FEATURES, BOXES).numpy(), _np(roi_align(FEATURES, BOXES, 2, 0.25)), atol=1e-6)
+
+
+def test_bilinear_sample_gradient_in_the_points():
+    """d/dy, d/dx of the interpolation: the slope between neighbours (central differences of the
+    NumPy reference), 0 where a point is clamped."""
+    fmap = FEATURES[:1]
+    y = np.array([[0.3, 2.6, 5.2, -0.5, 6.4]], "float32")
+    x = np.array([[1.7, 4.2, 0.4, 3.3, 8.5]], "float32")
+    upstream = np.random.default_rng(6).normal(size=(1, 5, 3)).astype("float32")
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        yt, xt = tf.constant(y), tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch([yt, xt])
+            loss = tf.reduce_sum(bilinear_sample(fmap, yt, xt) * upstream)
+        d_y, d_x = [g.numpy() for g in tape.gradient(loss, [yt, xt])]
+    else:
+        import jax
+
+        loss = lambda yy, xx: jax.numpy.sum(bilinear_sample(fmap, yy, xx) * upstream)  # noqa: E731
+        d_y, d_x = [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1))(y, x)]
+    step = 1e-3
+    for k in range(5):
+        for grad, dy, dx in ((d_y, step, 0.0), (d_x, 0.0, step)):
+            plus = _ref_bilinear(fmap[0].astype("float64"), y[0, k] + dy, x[0, k] + dx)
+            minus = _ref_bilinear(fmap[0].astype("float64"), y[0, k] - dy, x[0, k] - dx)
+            numeric = np.sum((plus - minus) / (2 * step) * upstream[0, k])
+            np.testing.assert_allclose(grad[0, k], numeric, atol=1e-3, err_msg=f"point {k}")

@@ -62,3 +62,15 @@ def test_dtype_and_validation():
     assert ops.dtype(aligned_bilinear(x, 2)) == "float16"
     with pytest.raises(ValueError, match="factor"):
         aligned_bilinear(x, 0)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_gather_method_matches_reference_recipe_compiled(factor):
+    rng = np.random.default_rng(10 + factor)
+    x = rng.normal(size=(2, 3, 6, 2)).astype("float32")
+    out = run_compiled(functools.partial(aligned_bilinear, factor=factor, method="gather"), x)
+    expected = np.apply_along_axis(_reference_procedure, 1, x, factor)
+    expected = np.apply_along_axis(_reference_procedure, 2, expected, factor)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="method"):
+        aligned_bilinear(x, 2, method="nearest")
