@@ -9,7 +9,7 @@ same initial weights in every run) is trained with
 
 * ``softmax``: a plain ``Dense`` classifier on the embedding, softmax cross-entropy;
 * ``class-level circle``: ``CosineDense`` proxies on the embedding and ``CircleLoss``
-  (spec defaults m = 0.25, γ = 256, the paper's face-recognition setting);
+  (defaults m = 0.25, γ = 256, the paper's face-recognition setting);
 * ``pair-wise circle``: ``PairwiseCircleLoss`` on the embeddings of the batch (m = 0.4,
   γ = 80, the paper's fine-grained retrieval setting).
 

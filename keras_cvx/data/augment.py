@@ -3,8 +3,9 @@
 Papers: "AutoAugment: Learning Augmentation Policies from Data", E. D. Cubuk et al., CVPR 2019,
 arXiv 1805.09501; "RandAugment: Practical automated data augmentation with a reduced search
 space", E. D. Cubuk et al., arXiv 1909.13719; the strong augmentation of "Circumventing
-Outliers of AutoAugment with Knowledge Distillation", L. Wei et al., ECCV 2020, arXiv 2003.11342
-(spec ``kd_autoaugment.md`` §5). The ops are in ``image_ops.py`` (PIL semantics).
+Outliers of AutoAugment with Knowledge Distillation", L. Wei et al., ECCV 2020, arXiv 2003.11342.
+The ops are in ``image_ops.py`` (PIL semantics). Reference code: ``tensorflow/tpu``
+``models/official/efficientnet/autoaugment.py`` and timm's ``timm/data/auto_augment.py``.
 
 ``autoaugment(...)`` and ``rand_augment(...)`` return ``augment(image, seed=None)`` for ONE
 image ``[H, W, C]`` (C = 1 or 3; uint8, or floats in [0, 255]); it returns the same shape and
@@ -13,16 +14,17 @@ batching: every image draws its own sub-policy / op sequence, signs and coin fli
 ``keras.layers.RandAugment``, which draws one op sequence per call (per batch).
 
 * AutoAugment: pick one sub-policy uniformly; apply each of its ops ``(name, p, m)`` with
-  probability ``p`` at level ``m / 10``, in order. ``policy="imagenet"``: the paper's ImageNet
-  policy (spec §5.3, 25 sub-policies); ``"v0"``: ``policy_v0`` of the TF TPU EfficientNet code
-  (used by EfficientNet/AdvProp); or a custom sequence of sub-policies.
+  probability ``p`` at level ``m / 10``, in order. ``policy="imagenet"``: the AutoAugment
+  paper's ImageNet policy (25 sub-policies, timm's ``original``); ``"v0"``: ``policy_v0`` of
+  the TF TPU EfficientNet code (used by EfficientNet/AdvProp); or a custom sequence of
+  sub-policies.
 * RandAugment: ``num_ops`` times, pick one op of ``ops`` uniformly (with replacement) and apply
   it (with probability ``apply_probability``, 1 in the paper; timm uses 0.5) at level
   ``magnitude / magnitude_scale``, jittered per op by a normal of std
   ``magnitude_std / magnitude_scale`` (timm's ``mstd``) and clipped to [0, 1]. Default ops: the
   RandAugment paper's 14 (``RANDAUGMENT_PAPER_OPS``).
 
-Level -> argument (``s`` a random sign ±1 per op; spec §5.2):
+Level -> argument (``s`` a random sign ±1 per op):
 
 | op | AutoAugment (TF TPU / timm) | RandAugment (ours, identity at level 0) |
 | --- | --- | --- |
@@ -35,9 +37,9 @@ Level -> argument (``s`` a random sign ±1 per op; spec §5.2):
 | SolarizeAdd | ``int(110 level)`` added below 128 | same |
 | AutoContrast, Equalize, Invert, Identity | no magnitude | same |
 
-Decisions (the spec leaves them open or the references disagree):
+Decisions (the papers leave them open or the reference implementations disagree):
   * The AutoAugment policies keep the mapping they were searched/published with (TF TPU /
-    timm, spec §5.2); the ImageNet policy uses the "4 + int(4 level)" posterize (spec §5.3,
+    timm); the ImageNet policy uses the "4 + int(4 level)" posterize (the AutoAugment paper's,
     timm's ``PosterizeOriginal``; torchvision uses 8 − round(4 level), the original CIFAR code
     4 − int(4 level)). There, magnitude 0 is not the identity (Color 0 is factor 0.1).
   * RandAugment uses monotone "increasing" mappings (timm's ``*Increasing`` ops, torchvision's

@@ -1,7 +1,8 @@
 """Image-level class frequencies and LVIS frequency groups from a COCO-format annotation file.
 
 Used by Equalization Loss ("Equalization Loss for Long-Tailed Object Recognition", J. Tan et
-al., CVPR 2020, arXiv 2003.05176, §3.2; spec ``eql.md`` §2.3):
+al., CVPR 2020, arXiv 2003.05176, §3.2; the official ``tztztztztz/eql.detectron2`` stores LVIS's
+``image_count`` divided by the number of images):
 
     f_j = #{training images with >= 1 annotation of class j} / N_img
 

@@ -4,8 +4,8 @@ semantics (the library the policies were searched and published with).
 Papers: "AutoAugment: Learning Augmentation Policies from Data", E. D. Cubuk et al., CVPR 2019,
 arXiv 1805.09501; "RandAugment: Practical automated data augmentation with a reduced search
 space", E. D. Cubuk et al., arXiv 1909.13719; used by "Circumventing Outliers of AutoAugment
-with Knowledge Distillation", L. Wei et al., ECCV 2020, arXiv 2003.11342 (spec
-``kd_autoaugment.md`` §5). The policies that combine these ops live in ``augment.py``.
+with Knowledge Distillation", L. Wei et al., ECCV 2020, arXiv 2003.11342. The policies that
+combine these ops live in ``augment.py``.
 
 Every op takes one image ``[H, W, C]`` (C = 1 or 3) as float32 values in [0, 255] and returns
 float32 ``[H, W, C]`` clipped to [0, 255]; arguments may be Python numbers or scalar tensors.

@@ -1,7 +1,7 @@
 """Class-balanced and square-root sampling for ``tf.data``.
 
 Paper: "Decoupling Representation and Classifier for Long-Tailed Recognition", B. Kang et al.,
-ICLR 2020, arXiv 1910.09217, §3 (spec ``eql.md`` §6.1); used with Equalization Loss
+ICLR 2020, arXiv 1910.09217, §3; used with Equalization Loss
 (arXiv 2003.05176) as the re-sampling baselines:
 
     p_j = n_j^q / Σ_i n_i^q     (probability that the next sample comes from class j)

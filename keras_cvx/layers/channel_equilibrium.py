@@ -31,12 +31,15 @@ Choices and deviations from the reference code:
 - s = sqrt(max(mean v, ε)) so a constant input gives no division by zero (equal to the
   code whenever mean v ≥ ε); the H·W − 1 divisor of the unbiased variance is at least 1.
 - Covariance, Newton-Schulz, the IR MLP and the scale run in float32 under every dtype
-  policy (spec §6.7); the output is cast back to the compute dtype.
+  policy (as Keras's ``BatchNormalization`` statistics); the output is cast back to the
+  compute dtype.
 - Running state under ``tf.distribute`` without ``synchronized``: each replica updates its
   own copy from its own batch (as Keras's ``BatchNormalization`` moving statistics);
   reading the variable gives the first replica's copy.
 
-Cross-replica variant, ``synchronized=True`` (TensorFlow backend only; spec §2.8, inferred):
+Cross-replica variant, ``synchronized=True`` (TensorFlow backend only; our design: the paper
+reports a cross-GPU synchronised CE, but the released code has only SyncBN/SyncSN layers, so
+this follows SyncBN):
 the batch statistics are summed over the replicas of the current ``tf.distribute`` replica
 context in three small all-reduces per call: Σx and M, then Σ(x − μ)(x − μ)ᵀ around the
 global mean (two passes keep float32 covariances accurate where E[xxᵀ] − μμᵀ would
@@ -61,7 +64,8 @@ from keras import ops
 from keras_cvx.validation import require_positive, require_positive_int, require_unit_interval
 
 
-# PyTorch's nn.Linear default, kaiming_uniform(a=√5) = U(±1/sqrt(fan_in)) (spec §2.7).
+# PyTorch's nn.Linear default, kaiming_uniform(a=√5) = U(±1/sqrt(fan_in)): the official code's
+# init of the IR MLP (W1, W2).
 PYTORCH_LINEAR_INIT = {
     "class_name": "VarianceScaling",
     "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"},
@@ -69,7 +73,7 @@ PYTORCH_LINEAR_INIT = {
 
 
 def group_size_for(channels, group_size):
-    """d = ``group_size`` halved until it divides ``channels`` (spec §2.1)."""
+    """d = ``group_size`` halved until it divides ``channels`` (the official ``CE`` rule)."""
     size = group_size
     while channels % size:
         size //= 2

@@ -1,7 +1,8 @@
 """Cosine classifier: cosine similarities between features and class proxies.
 
 Used by the class-level Circle loss ("Circle Loss: A Unified Perspective of Pair Similarity
-Optimization", Y. Sun et al., CVPR 2020, arXiv 2002.10857, §4 of the spec; NormFace /
+Optimization", Y. Sun et al., CVPR 2020, arXiv 2002.10857, with class-level labels: the
+similarity of a sample to each class is its cosine to the class's weight vector; NormFace /
 CosFace-style heads):
 
     cos[b, c] = (x_b / ‖x_b‖) · (w_c / ‖w_c‖)

@@ -15,12 +15,19 @@ the paper's order: all slopes a^1..a^K, then all intercepts b^1..b^K, channel in
 * type A: a^k, b^k shared by all channels and positions (θ has 2K outputs);
 * type B: per channel (θ has 2KC outputs);
 * type C: as B, times a spatial attention π = min(γ · softmax(z / τ), 1) over the positions,
-  z = Conv1×1_{C→1}(x) (with bias), γ = (number of positions) / 3, τ = 10 (spec §2.4).
+  z = Conv1×1_{C→1}(x) (with bias), γ = (number of positions) / 3, τ = 10. γ is the
+  authors' (``microsoft/DynamicHead``, ``dyhead/dyrelu.py``, class ``DYReLU``); τ = 10 and the
+  bias follow the ``Nyquixt/DynamicReLU`` re-implementation (DynamicHead puts a 1-channel
+  BatchNorm on z instead of τ).
 
-Choices where the paper is silent (spec §2.5, §2.6): hidden width ``max(1, C // reduction)``;
+No official DY-ReLU code was released; the closest is ``DYReLU`` in ``microsoft/DynamicHead``
+(an overlapping author group). Choices we could not confirm from the paper: hidden width
+``max(1, C // reduction)`` with R = 4 (DynamicHead's and the re-implementations' default);
 the hyper function has Keras's default random initialisation (Glorot-uniform kernels, zero
-biases); ``init_as_relu=True`` zero-initialises the last FC so the layer starts as exactly
-ReLU (an option, not the paper). θ and type C's softmax are computed in float32 (spec §6.8).
+biases; the reference codes use their framework defaults too); ``init_as_relu=True``
+zero-initialises the last FC so the layer starts as exactly ReLU (an option, not the paper).
+θ and type C's softmax are computed in float32 under mixed precision (the coefficients are
+tiny per-sample tensors, so this costs nothing).
 """
 
 import keras

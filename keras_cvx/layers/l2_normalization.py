@@ -4,7 +4,9 @@ Paper: "ParseNet: Looking Wider to See Better", W. Liu, A. Rabinovich, A. C. Ber
 arXiv 1506.04579 (Sec. 3.3, Eq. 1-2), as used on VGG16 ``conv4_3`` by SSD ("SSD: Single Shot
 MultiBox Detector", W. Liu et al., arXiv 1512.02325, Sec. 3.1) and by NETNet ("Neighbor
 Erasing and Transferring Network for Better Single Shot Object Detection", Y. Li et al.,
-CVPR 2020, arXiv 2001.06690; spec §2 level p1 and §10.5).
+CVPR 2020, arXiv 2001.06690), whose first pyramid level p1 is SSD's normalised ``conv4_3``.
+In SSD-NET it is applied before the fusion module, so that the large ``conv4_3`` activations
+do not dominate the fused sums.
 
     y_c = γ_c · x_c / sqrt(Σ_k x_k² + ε)
 

@@ -1,7 +1,7 @@
 """Neighbor Transferring Module (NTM) of NETNet.
 
 Paper: "Neighbor Erasing and Transferring Network for Better Single Shot Object Detection",
-Y. Li, Y. Pang, J. Shen, J. Cao, L. Shao, CVPR 2020, arXiv 2001.06690 (Sec. 3; spec §4).
+Y. Li, Y. Pang, J. Shen, J. Cao, L. Shao, CVPR 2020, arXiv 2001.06690 (Sec. 3).
 
 The features that ``NeighborErasing`` removed from the shallow level p_s (p^e, larger
 objects) are moved to the deeper level p_{s'}:
@@ -11,12 +11,14 @@ objects) are moved to the deeper level p_{s'}:
 Shapes: ``erased`` (B, H, W, C), ``deep`` (B, H', W', C') with ceil(H / r) = H' and
 ceil(W / r) = W'; output (B, H', W', C'). At 300 input NETNet pairs 38→10 and 19→5 (r = 4).
 
-Choices ([I]/[U] in the spec, constructor arguments): r defaults to ceil(H / H'); pooling is
-average (third-party code) or max, in ceil mode with windows aligned at the top-left and
-border windows reduced over their in-image elements only (PyTorch ``ceil_mode=True``; TF's
-'same' pooling would centre the padding instead, spec §10.2); the conv is 3×3 with bias and
-is followed by ReLU (the third-party code uses GroupNorm + Mish; no normalisation here); ⊕ is
-an element-wise sum. Parameters: k²·C·C' + C'.
+The paper defines T as down-sampling followed by a convolution and ⊕ as a combination; the
+details are our choices (constructor arguments; no official code exists, and the third-party
+re-implementation ``shuaiqi361/YorkU_2D_Detection_Benchmarking``, ``models/NETNet.py``, guided
+the topology): r defaults to ceil(H / H'); pooling is average (third-party code) or max, in ceil
+mode with windows aligned at the top-left and border windows reduced over their in-image
+elements only (PyTorch ``ceil_mode=True``; TF's 'same' pooling would centre the padding
+instead); the conv is 3×3 with bias and is followed by ReLU (the third-party code uses GroupNorm
++ Mish; no normalisation here); ⊕ is an element-wise sum. Parameters: k²·C·C' + C'.
 """
 
 import math

@@ -1,7 +1,7 @@
 """Nearest Neighbor Fusion Module (NNFM) of NETNet.
 
 Paper: "Neighbor Erasing and Transferring Network for Better Single Shot Object Detection",
-Y. Li, Y. Pang, J. Shen, J. Cao, L. Shao, CVPR 2020, arXiv 2001.06690 (Sec. 3; spec §5).
+Y. Li, Y. Pang, J. Shen, J. Cao, L. Shao, CVPR 2020, arXiv 2001.06690 (Sec. 3).
 
 Each pyramid level is fused with its nearest neighbours only (not a full top-down path):
 
@@ -15,16 +15,16 @@ ceil(H_{s−1} / r) = H, optional ``deeper`` (B, H_{s+1}, W_{s+1}, C_{s+1}); out
 (B, H, W, filters). A level without one of its neighbours (the first or last one fused)
 omits that term.
 
-Choices ([U]/[I] in the spec, constructor arguments): ⊕ is a sum; ``filters`` = 256 (the
-common width NTM needs, as in the third-party code); pooling is max, r = 2, in ceil mode
-(windows aligned at the top-left, PyTorch ``ceil_mode=True``: 75→38 and 19→10 at 300; for
-r = 2 this equals Keras ``padding="same"`` pooling, whose single padded row/column is at the
-bottom/right); one ReLU after the sum (the third-party code has GroupNorm + Mish after
-every conv; no normalisation here). Only H_s has a bias: the
-three biases of a sum are one. The paper up-samples before H_{s+1}'s conv; we convolve first
-(cheaper, equal up to rounding: both are linear and the bilinear weights sum to 1). Resizing
-is half-pixel bilinear (``keras.ops.image.resize``). Parameters:
-filters · (C_{s−1} + C_s + C_{s+1} + 1).
+Choices the paper leaves open (constructor arguments; no official code exists, the third-party
+re-implementation ``shuaiqi361/YorkU_2D_Detection_Benchmarking`` guided them): ⊕ is a sum;
+``filters`` = 256 (the common width NTM needs, as in the third-party code); pooling is max, r =
+2, in ceil mode (windows aligned at the top-left, PyTorch ``ceil_mode=True``: 75→38 and 19→10 at
+300; for r = 2 this equals Keras ``padding="same"`` pooling, whose single padded row/column is
+at the bottom/right); one ReLU after the sum (the third-party code has GroupNorm + Mish after
+every conv; no normalisation here). Only H_s has a bias: the three biases of a sum are one. The
+paper up-samples before H_{s+1}'s conv; we convolve first (cheaper, equal up to rounding: both
+are linear and the bilinear weights sum to 1). Resizing is half-pixel bilinear
+(``keras.ops.image.resize``). Parameters: filters · (C_{s−1} + C_s + C_{s+1} + 1).
 """
 
 import keras

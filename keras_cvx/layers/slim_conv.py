@@ -26,11 +26,13 @@ Choices and deviations from the reference code:
   stride with a dilation, so ``dilation_rate > 1`` needs ``strides=1`` (PyTorch allows
   both; no released model uses it).
 - Grouped 3×3 convolutions (``groups > 1``, ResNeXt) are not offered: every released
-  SC-ResNet uses ``groups=1``, and the README's SC-ResNeXt cannot be built by the
-  released module (spec §4.2). The k = 8/3 layout (inferred in the spec) is not offered.
+  SC-ResNet uses ``groups=1``, and the README's SC-ResNeXt-101 (32×3d) cannot be built by
+  the released module (its first-stage width 96 gives C/2 = 48 and C/4 = 24 channels, not
+  divisible by 32 groups). The k = 8/3 layout the README lists is not in the released code
+  and is not offered.
 - Every convolution (including the two of the weights branch) uses Kaiming-normal
-  fan-out init as torchvision's ResNet; the second weights-branch bias starts at zero
-  (PyTorch: uniform), spec §2.2.
+  fan-out init as torchvision's ResNet (the official SC-ResNet init); the second
+  weights-branch bias starts at zero (PyTorch: its default uniform init).
 - BatchNormalization uses PyTorch's defaults (ε = 1e-5, momentum 0.1 → Keras 0.9). The
   weights-branch BN sees (B, C/r) vectors, so keep the per-replica batch ≥ 2 in training.
 """

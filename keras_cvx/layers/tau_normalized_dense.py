@@ -1,8 +1,9 @@
 """τ-normalised classifier and learnable weight scaling (LWS), classifier re-balancing tools.
 
 Paper: "Decoupling Representation and Classifier for Long-Tailed Recognition", B. Kang, S. Xie,
-M. Rohrbach, Z. Yan, A. Gordo, J. Feng, Y. Kalantidis, ICLR 2020, arXiv 1910.09217, §4
-(spec ``eql.md`` §6.2). Used with Equalization Loss ("Equalization Loss for Long-Tailed Object
+M. Rohrbach, Z. Yan, A. Gordo, J. Feng, Y. Kalantidis, ICLR 2020, arXiv 1910.09217, §4;
+official code ``facebookresearch/classifier-balancing`` (``tau_norm.py``,
+``models/TauNormClassifier.py``). Used with Equalization Loss ("Equalization Loss for Long-Tailed Object
 Recognition", arXiv 2003.05176) as the decoupling baselines.
 
 τ-normalisation (no training):   w̃_c = w_c / ‖w_c‖₂^τ,   logits = x · w̃_c   (bias dropped)

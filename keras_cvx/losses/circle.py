@@ -16,11 +16,15 @@ The softplus/logsumexp form never overflows (logits reach γ(4 − m²) ≈ 1008
 Pairs that are not positives (negatives) get the finite logit −1e9 instead of −inf, so rows
 without any pair give a loss of exactly 0 with zero, finite gradients under XLA.
 
-* ``CircleLoss`` (class-level, spec §4): ``y_pred`` are cosines to C class proxies (e.g. from
+* ``CircleLoss`` (class-level labels): ``y_pred`` are cosines s to C class proxies (e.g. from
   ``keras_cvx.layers.CosineDense``), K = 1 positive (the label), L = C − 1 negatives; equal to
-  sparse cross-entropy on the margin logits of spec §4.
-* ``PairwiseCircleLoss`` (spec §5): ``y_pred`` are embeddings, every ordered pair (a, b) of the
-  batch, positives ``y_a == y_b, a != b``, negatives ``y_a != y_b``; one loss per anchor.
+  sparse cross-entropy on the margin logits ``Y γ α_p (s − (1 − m)) + (1 − Y) γ α_n (s − m)``
+  (Y the one-hot label), as the class-level heads of ``TinyZeaMays/CircleLoss``
+  (``CircleLossLikeCE``) and ``JDAI-CV/fast-reid`` (``CircleSoftmax``) compute it.
+* ``PairwiseCircleLoss`` (pair-wise labels): ``y_pred`` are embeddings, every ordered pair
+  (a, b) of the batch, positives ``y_a == y_b, a != b``, negatives ``y_a != y_b``; one loss per
+  anchor, as ``CircleLoss`` of ``KevinMusgrave/pytorch-metric-learning`` (PML). No official
+  code was released.
 
 Reduction: the loss is the mean over *valid* rows (pair-wise: at least one positive and one
 negative, PML's per-anchor mean; class-level: a label in ``[0, C)``; 0 if there is none).
@@ -28,7 +32,7 @@ negative, PML's per-anchor mean; class-level: a label in ``[0, C)``; 0 if there 
 Keras's default ``"sum_over_batch_size"`` reduction produces that mean (Keras's public API
 has no other way for a loss to choose its denominator).
 
-Differences from ``keras.losses.Circle`` (Keras 3.15, pair-wise only; spec §7):
+Differences from ``keras.losses.Circle`` (Keras 3.15, pair-wise only):
   * Keras does not normalise the embeddings; ``PairwiseCircleLoss`` L2-normalises them
     (``normalize=False`` gives Keras's behaviour).
   * Keras does not stop the gradient through α, so values agree but gradients differ.
@@ -89,7 +93,7 @@ class _CircleBase(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class CircleLoss(_CircleBase):
-    """Class-level Circle loss (AM-Softmax-like, spec §4).
+    """Class-level Circle loss (AM-Softmax-like: one positive, the label, per row).
 
     ``L_b = softplus(LSE_{j≠y}(γ α_n (s_j − m)) − γ α_p (s_y − (1 − m)))``, mean over rows
     whose label is in ``[0, C)`` (other labels, e.g. −1, give 0 and are not counted).
@@ -116,7 +120,7 @@ class CircleLoss(_CircleBase):
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class PairwiseCircleLoss(_CircleBase):
-    """Pair-wise Circle loss over all pairs of the batch, one loss per anchor (spec §5).
+    """Pair-wise Circle loss over all pairs of the batch, one loss per anchor (as PML).
 
     ``S = û ûᵀ`` with ``û = e / ‖e‖`` (``normalize=True``); per anchor a,
     ``L_a = softplus(LSE_{b∈P(a)}(−γ α_p (S_ab − (1 − m))) + LSE_{b∈N(a)}(γ α_n (S_ab − m)))``,

@@ -1,7 +1,9 @@
 """Top-K knowledge distillation, the teacher term of KD for AutoAugment.
 
 Paper: "Circumventing Outliers of AutoAugment with Knowledge Distillation", L. Wei, A. Xiao,
-L. Xie, X. Chen, X. Zhang, Q. Tian, ECCV 2020, arXiv 2003.11342 (spec ``kd_autoaugment.md`` §2).
+L. Xie, X. Chen, X. Zhang, Q. Tian, ECCV 2020, arXiv 2003.11342.
+No official code was released; the only public re-implementation is the
+``DistillationLoss`` of ``Chenyang4/ReSmooth`` (``RandAugment/loss.py``).
 
 The teacher sees the same augmented image as the student. With teacher logits t [B, C] and
 student logits s [B, C]:
@@ -12,7 +14,8 @@ student logits s [B, C]:
 
 and the paper's total loss is ``CE(y, softmax(s)) + λ L_KD`` ("two-source supervision").
 
-Choices where the paper is unconfirmed (spec §2.1), all exposed as arguments:
+The paper reports K = 5 (ImageNet) and λ = 0.5 as its best settings. Choices we could not
+confirm from the paper, all exposed as arguments:
   * renormalisation over the K gathered classes and KL(teacher ‖ student) (Hinton's direction;
     ``kl_direction="student_teacher"`` gives the ReSmooth re-implementation's reverse KL);
   * temperature T = 1 by default (ReSmooth uses 5), with the T² factor;

@@ -13,8 +13,9 @@ a background logit, labels g [R] in [0, C] (C = background),
     L       = Σ_{r,j} w[r, j] BCE(z[r, j], Y[r, j]) / R
 
 i.e. summed over classes, divided by the number of RoIs R (foreground + background).
-Extension (spec §2.7): label −1 marks padding; such rows get weight 0 and R counts only valid
-rows (the reference has no padding).
+Extension (ours; neither the paper nor the official code pads RoIs): label −1 marks padding;
+such rows get weight 0 and R counts only valid rows, so a detector can pad its RoIs to a
+static count.
 
 Softmax EQL (paper Eq. 8-9, image classification; no background, so E = 1):
 

@@ -3,7 +3,7 @@
 Paper: "Equalization Loss v2: A New Gradient Balance Approach for Long-tailed Object
 Detection", J. Tan, X. Lu, G. Zhang, C. Yin, Q. Li, CVPR 2021, arXiv 2012.08548 (extension of
 "Equalization Loss for Long-Tailed Object Recognition", arXiv 2003.05176). Equations as in the
-official ``tztztztztz/eqlv2`` ``EQLv2`` (spec ``eql.md`` §7):
+official code (``tztztztztz/eqlv2``, ``mmdet/models/losses/eqlv2.py``, class ``EQLv2``):
 
     logits z [R, C+1] (last column = background), one-hot targets Y [R, C+1]
     g_j      = pos_grad_j / (neg_grad_j + 1e-10)        (accumulated; 100 before any update)

@@ -11,17 +11,18 @@ pooling, additions or element-wise rescaling. For one output position:
   ``ConvTranspose``: the kernel size per *input* position.
 * ``Dense``: ``C_in · units`` per position of the leading (non-batch) axes.
 * keras_cvx blocks (C channels in, H×W positions in, H'×W' out):
-  - ``SlimConv2D``: ``2·C·⌊C/r⌋ + (C/2)(C/4)·HW + 9(C/2)²·H'W' + 9(C/4)²·H'W'`` (spec §2.1);
+  - ``SlimConv2D``: ``2·C·⌊C/r⌋ + (C/2)(C/4)·HW + 9(C/2)²·H'W' + 9(C/4)²·H'W'`` (the
+    official ``slim_conv_3x3``'s convolutions);
   - ``SqueezeExcite``: ``2·C·h``, h = max(1, ⌊C/r⌋);
   - ``ChannelEquilibrium``: BD's per-pixel grouped matmul ``C·d·HW`` (d the group size) plus
-    IR's ``2·C·h``; at inference BD is a fixed C×C block-diagonal map (spec §5: 134.9 M for
-    CE-ResNet-50);
+    IR's ``2·C·h``; at inference BD is a fixed C×C block-diagonal map (134.9 M MACs in
+    CE-ResNet-50 with the official ``ResNetV1CE`` placement);
   - ``DynamicReLU``: the hyper function ``C·h + h·n_out`` (n_out = 2K or 2K·C), plus the
     type-C spatial 1×1 conv ``C·HW``;
   - ``ReZero``: its branch (a nested Functional model is counted with its own graph).
 
 ``include_elementwise=True`` adds the per-element multiplies of the keras_cvx blocks, which
-papers sometimes include (DY-ReLU's "~5%" over MobileNetV2 presumably does, spec §6.9):
+papers sometimes include (DY-ReLU's "~5%" extra over MobileNetV2 presumably does):
 DY-ReLU ``K·C·HW`` (+``C·HW`` for type C's π), SE/CE ``C·HW`` (rescale), SlimConv ``2·C·HW``
 (the two reweighted copies), ReZero ``C·HW`` (α·F).
 

@@ -15,7 +15,7 @@ per-anchor targets. Everything is float32.
   needs that highest IoU to be ``> 0`` and ``>= low_quality_min_iou`` (mmdet's ``min_pos_iou``;
   0.3 for mmdet v1's RPN), so a ground truth overlapping no anchor does not make every anchor
   positive.
-* ``ssd_match`` — SSD (arXiv 1512.02325 §2.2) as in the NETNet spec (arXiv 2001.06690): every
+* ``ssd_match`` — SSD (arXiv 1512.02325 §2.2), the matching NETNet (arXiv 2001.06690) uses: every
   ground truth's best anchor is forced positive with that ground truth (when two ground truths
   pick the same anchor the later index wins, as ssd.pytorch's loop), then every anchor whose best
   IoU is ``>= iou_threshold`` is positive with its best ground truth; the rest are negative.

@@ -20,12 +20,14 @@ Network (α = width multiplier, channels rounded to multiples of 8 as torchvisio
     top:    conv1×1 (1280·max(1, α)) → BN → act → [global average pool → Dense]
 
 ``act`` is ReLU6 or, with DY-ReLU, one ``DynamicReLU`` in place of every ReLU6 (stem, after the
-expansion, after the depthwise conv and in the top conv; the projection stays linear; spec §4).
+expansion, after the depthwise conv and in the top conv; the projection stays linear). The
+paper replaces MobileNetV2's ReLU6 with DY-ReLU; this per-layer placement is our reading.
 DY-ReLU is unbounded (no clipping at 6).
 
 Choices where the papers are silent (inferred):
-* CE / SE sit after the projection BN, before the add (``attention_position="output"``, the
-  CE spec's inferred placement), or after the depthwise activation in the expanded space
+* CE / SE sit after the projection BN, before the add (``attention_position="output"``, where
+  the official CE code puts CE in ResNet blocks: after the last BN), or after the depthwise
+  activation in the expanded space
   (``"expanded"``, where MobileNetV3 / MnasNet put SE). Every block gets one; the stem none.
   CE uses group size 16 (halved until it divides the width); SE defaults to r = 4
   (MobileNetV3's choice for inverted residuals).
