@@ -37,14 +37,31 @@ from keras_cvx.validation import require_positive_int
 class SSDHead(keras.layers.Layer):
     """SSD box and class predictors over a list of feature maps.
 
+    Paper: "SSD: Single Shot MultiBox Detector", W. Liu et al., https://arxiv.org/abs/1512.02325,
+    Sec. 2.1 ("convolutional predictors for detection"), as NETNet
+    (https://arxiv.org/abs/2001.06690) uses it: per level a 3×3 conv to ``A_l·4`` box deltas and
+    one to ``A_l·(K + 1)`` class logits, concatenated in level, row, column, anchor order (the
+    order of ``keras_cvx.ops.ssd_anchors``; module docstring).
+
     Args:
         num_classes: K object classes (the background column 0 is added: K + 1 logits).
-        anchors_per_location: A_l for every level (its length is the number of levels).
-        kernel_size: of the predictor convolutions (3 in SSD).
-        kernel_initializer, bias_initializer: of the predictor convolutions.
+        anchors_per_location: A_l for every level (its length is the number of levels; default
+            ``(4, 6, 6, 6, 4, 4)``, SSD300's).
+        kernel_size: of the predictor convolutions (default 3, SSD's).
+        kernel_initializer, bias_initializer: of the predictor convolutions (default
+            Glorot-uniform and zeros, SSD's xavier init).
 
     Call: ``head(features)`` with ``features`` a list of L NHWC maps ->
-    ``{"box_regression": (B, N, 4), "class_logits": (B, N, K + 1)}``.
+    ``{"box_regression": (B, N, 4), "class_logits": (B, N, K + 1)}``, N = Σ_l H_l·W_l·A_l.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.heads import SSDHead
+    >>> head = SSDHead(num_classes=3, anchors_per_location=(4, 6))
+    >>> out = head([np.ones((1, 4, 4, 8), "float32"), np.ones((1, 2, 2, 16), "float32")])
+    >>> tuple(out["box_regression"].shape), tuple(out["class_logits"].shape)   # 4·4·4 + 2·2·6
+    ((1, 88, 4), (1, 88, 4))
     """
 
     _call_takes_sequence = True

@@ -93,18 +93,45 @@ def _cross_replica_sum(values):
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class ChannelEquilibrium(keras.layers.Layer):
-    """``CE(x) = σ(λ)·BD(x) + (1 − σ(λ))·IR(x)``; see the module docstring.
+    """Channel Equilibrium block: ``CE(x) = σ(λ)·BD(x) + (1 − σ(λ))·IR(x)``.
+
+    Paper: "Channel Equilibrium Networks for Learning Deep Representation", W. Shao et al.,
+    ICML 2020, https://arxiv.org/abs/2003.00214 (Figure 2: the two branches are summed); the
+    equations follow the official code (``Tangshitao/CENet``, ``devkit/ops/CE_module.py``) and
+    are written out in the module docstring: BD whitens each group of d channels with T
+    Newton-Schulz steps on the batch covariance, IR rescales each sample's channels by a gate
+    of their spatial variances divided by the batch's root-mean variance.
 
     Args:
-        group_size: requested BD group size d (16 in residual blocks, 64 in the stem).
-        reduction: IR MLP reduction (hidden width ``max(1, C // reduction)``).
-        iterations: Newton-Schulz steps T.
-        momentum: m of the running averages (PyTorch convention: new = (1−m)·old + m·batch).
-        epsilon: ε added to Σ's diagonal (and the LayerNorm's ε).
-        synchronized: all-reduce the batch statistics across ``tf.distribute`` replicas.
-        kernel_initializer: initializer of W1 and W2.
+        group_size: requested BD group size d (default 16, the official value in residual
+            blocks; 64 in the stem); halved until it divides the channel count.
+        reduction: IR MLP reduction (default 4; hidden width ``max(1, C // reduction)``).
+        iterations: Newton-Schulz steps T (default 3, as the official code).
+        momentum: m of the running averages (default 0.1, PyTorch convention:
+            new = (1 − m)·old + m·batch).
+        epsilon: ε added to Σ's diagonal and used by the IR LayerNorm (default 1e-5).
+        synchronized: all-reduce the batch statistics across ``tf.distribute`` replicas
+            (default False; TensorFlow backend only, see the module docstring).
+        kernel_initializer: initializer of W1 and W2 (default PyTorch's ``nn.Linear`` init, as
+            the official code).
 
-    Shapes: ``(B, H, W, C)`` in, the same shape out.
+    Call arguments:
+        inputs: ``(B, H, W, C)``.
+        training: batch statistics (and running-average updates) when True, the running
+            whitening matrix and scale otherwise.
+
+    Shapes: ``(B, H, W, C)`` in, the same shape out. Trainable parameters: C²/2 + C/2 + 1.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.layers import ChannelEquilibrium
+    >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 32)).astype("float32")
+    >>> layer = ChannelEquilibrium(group_size=16)
+    >>> tuple(layer(x, training=True).shape)
+    (2, 4, 4, 32)
+    >>> sum(int(np.prod(w.shape)) for w in layer.trainable_weights)   # 32² / 2 + 32 / 2 + 1
+    529
     """
 
     def __init__(

@@ -28,15 +28,31 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class CosineDense(keras.layers.Layer):
-    """Cosine similarities to ``units`` learned class proxies.
+    """Cosine similarities to ``units`` learned class proxies: ``cos[b, c] = x̂_b · ŵ_c``.
+
+    The class-level similarity of Circle Loss ("Circle Loss: A Unified Perspective of Pair
+    Similarity Optimization", Y. Sun et al., CVPR 2020, https://arxiv.org/abs/2002.10857):
+    ``x̂ = x / ‖x‖`` and ``ŵ_c = w_c / ‖w_c‖`` for the columns ``w_c`` of a ``[D, C]`` kernel, no
+    bias. Feed the output to ``keras_cvx.losses.CircleLoss``.
 
     Args:
         units: number of classes ``C``.
-        epsilon: norm floor ``ε`` of the normalisation.
+        epsilon: norm floor ``ε`` of the normalisation (default 1e-12; a zero vector gives 0).
         kernel_initializer, kernel_regularizer: for the ``[D, C]`` proxy kernel (after
             normalisation only directions matter, so any standard initialiser works).
 
-    Shapes: ``(B, ..., D)`` -> ``(B, ..., C)``, values in [−1, 1], float32.
+    Shapes: ``(B, ..., D)`` -> ``(B, ..., C)``, values in [−1, 1], float32 under every dtype
+    policy.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.layers import CosineDense
+    >>> layer = CosineDense(3, kernel_initializer="identity")   # proxies: the unit axes
+    >>> x = np.array([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0]], "float32")
+    >>> print(np.round(keras.ops.convert_to_numpy(layer(x)), 3))
+    [[1.    0.    0.   ]
+     [0.707 0.707 0.   ]]
     """
 
     def __init__(self, units, epsilon=1e-12, kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):

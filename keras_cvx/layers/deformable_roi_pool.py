@@ -62,6 +62,7 @@ class DeformableRoIPool(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.layers import DeformableRoIPool
     >>> pool = DeformableRoIPool(output_size=7, spatial_scale=1 / 8)
     >>> features = np.random.rand(2, 32, 32, 16).astype("float32")
     >>> boxes = np.array([[[8, 8, 120, 100]], [[0, 0, 64, 64]]], "float32")

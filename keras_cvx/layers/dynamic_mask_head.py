@@ -58,6 +58,7 @@ class DynamicMaskHead(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.layers import DynamicMaskHead
     >>> head = DynamicMaskHead()
     >>> head.num_params
     169

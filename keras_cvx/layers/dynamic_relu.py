@@ -41,22 +41,46 @@ NORMALIZATIONS = ("sigmoid", "hard_sigmoid")
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class DynamicReLU(keras.layers.Layer):
-    """DY-ReLU activation for channels-last inputs of rank >= 3.
+    """Dynamic ReLU: ``y_c = max_k (a^k_c(x) · x_c + b^k_c(x))`` with input-dependent pieces.
+
+    Paper: "Dynamic ReLU", Y. Chen et al., ECCV 2020, https://arxiv.org/abs/2003.10027. The
+    hyper function ``θ(x) = 2σ(FC(ReLU(FC(mean_spatial x)))) − 1`` gives the residuals of the
+    slopes and intercepts, ``a^k = α^k + λ_a Δa^k`` and ``b^k = β^k + λ_b Δb^k``; with the
+    defaults ``α = (1, 0)``, ``β = (0, 0)`` the layer is ReLU when ``Δ = 0``. Types A (shared
+    coefficients), B (per channel) and C (per channel times a spatial attention); the module
+    docstring has the formulas and our choices where the paper is not specific.
 
     Args:
-        variant: ``"A"`` (spatial- and channel-shared), ``"B"`` (channel-wise) or ``"C"``
-            (channel-wise with spatial attention).
-        reduction: ``R``; the hyper function's hidden width is ``max(1, C // R)``.
-        k: number of linear pieces ``K``.
-        lambda_a, lambda_b: residual ranges of the slopes and intercepts.
-        init_a, init_b: ``α`` and ``β``, one value per piece (ReLU: ``(1, 0)`` and ``(0, 0)``).
-        temperature: ``τ`` of type C's spatial softmax.
+        variant: ``"A"`` (spatial- and channel-shared), ``"B"`` (channel-wise, default, the
+            paper's choice for classification backbones) or ``"C"`` (channel-wise with spatial
+            attention).
+        reduction: ``R`` (default 4); the hyper function's hidden width is ``max(1, C // R)``.
+        k: number of linear pieces ``K`` (default 2).
+        lambda_a, lambda_b: residual ranges of the slopes and intercepts (defaults 1.0, 0.5).
+        init_a, init_b: ``α`` and ``β``, one value per piece (defaults ``(1, 0)`` and ``(0, 0)``).
+        temperature: ``τ`` of type C's spatial softmax (default 10).
         normalization: ``"sigmoid"`` (paper, 2σ(t) − 1) or ``"hard_sigmoid"`` (the authors'
             DynamicHead code, 2·relu6(t + 3)/6 − 1).
-        init_as_relu: zero-initialise the last FC layer of the hyper function.
+        init_as_relu: zero-initialise the last FC layer of the hyper function, so the layer
+            starts as exactly ReLU (default False, not in the paper).
+        kernel_initializer: of the hyper function's FC layers (default ``"glorot_uniform"``).
 
     Shapes: ``(B, ..., C)`` in and out (type C needs at least one spatial axis).
     Weights: type B at C = 64, R = 4 has 1.25·C² + 4.25·C = 5,392 parameters.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.layers import DynamicReLU
+    >>> x = np.array([[[[-1.0, 2.0], [0.5, -3.0]]]], "float32")      # (1, 1, 2, 2)
+    >>> layer = DynamicReLU(init_as_relu=True)                       # Δ = 0: exactly ReLU
+    >>> print(keras.ops.convert_to_numpy(layer(x))[0, 0])
+    [[0.  2. ]
+     [0.5 0. ]]
+    >>> layer = DynamicReLU(variant="B", reduction=4)
+    >>> layer.build((None, 8, 8, 64))
+    >>> layer.count_params()
+    5392
     """
 
     def __init__(

@@ -52,6 +52,7 @@ class FCOSDecoder(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.layers import FCOSDecoder
     >>> logits = np.full((1, 2, 1), -9.0, "float32"); logits[0, 1, 0] = 9.0
     >>> out = FCOSDecoder(max_detections=2)(logits, np.full((1, 2, 4), 4.0, "float32"),
     ...                                     np.full((1, 2), 9.0, "float32"),

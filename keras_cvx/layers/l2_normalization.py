@@ -27,14 +27,27 @@ from keras_cvx.validation import require_positive
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class L2Normalization(keras.layers.Layer):
-    """Channel-wise L2 normalisation times a learnable per-channel scale ``γ``.
+    """Channel-wise L2 normalisation times a learnable per-channel scale: ``y_c = γ_c x_c / ‖x‖``.
+
+    Paper: "ParseNet: Looking Wider to See Better", W. Liu et al.,
+    https://arxiv.org/abs/1506.04579, Sec. 3.3, Eq. 1-2; SSD's ``conv4_3`` normalisation
+    (https://arxiv.org/abs/1512.02325, Sec. 3.1), used the same way by NETNet
+    (https://arxiv.org/abs/2001.06690). ``‖x‖ = sqrt(Σ_k x_k² + ε)`` over the channel axis.
 
     Args:
-        scale_init: initial value of every ``γ_c`` (SSD: 20).
-        epsilon: ``ε`` added to the sum of squares.
-        axis: the channel axis (default last, NHWC).
+        scale_init: initial value of every ``γ_c`` (default 20, SSD's).
+        epsilon: ``ε`` added to the sum of squares (default 1e-10).
+        axis: the channel axis (default -1, NHWC).
 
     Shapes: any rank >= 2, unchanged. Weights: ``γ`` of shape ``(C,)``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.layers import L2Normalization
+    >>> layer = L2Normalization(scale_init=20.0)
+    >>> print(keras.ops.convert_to_numpy(layer(np.array([[3.0, 4.0]], "float32"))))
+    [[12. 16.]]
     """
 
     def __init__(self, scale_init=20.0, epsilon=1e-10, axis=-1, **kwargs):

@@ -32,14 +32,6 @@ not equal: between deep cells whose logits differ they follow different curves, 
 logits of standard deviation 1 / 2 on a 10×10 map up-sampled to 38×38 they differ by up to
 0.07 / 0.25. The pooling gates (``"max"``, ``"mean"``) are likewise pooled, squashed, then
 up-sampled.
-
-Example::
-
-    import numpy as np
-    nem = NeighborErasing()
-    shallow = np.random.rand(2, 38, 38, 64).astype("float32")
-    deep = np.random.rand(2, 10, 10, 64).astype("float32")
-    kept, erased = nem(shallow, deep)          # both (2, 38, 38, 64); kept + erased == shallow
 """
 
 import keras
@@ -52,7 +44,14 @@ GATES = ("conv", "max", "mean")
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class NeighborErasing(keras.layers.Layer):
-    """NEM: erases larger-object features from a shallow level with a gate from a deeper one.
+    """NETNet's Neighbor Erasing Module: ``p̃_s = p_s ⊙ (1 − U(σ(G(p_{s'}))))``.
+
+    Paper: "Neighbor Erasing and Transferring Network for Better Single Shot Object Detection",
+    Y. Li et al., CVPR 2020, https://arxiv.org/abs/2001.06690, Sec. 3 (NEM). A gate computed
+    from the deeper level ``p_{s'}`` (where larger objects respond) is up-sampled to the shallow
+    level ``p_s`` and erases those features there; the erased part ``p^e = p_s ⊙ U(σ(G(p_{s'})))``
+    feeds ``NeighborTransferring``. See the module docstring for our choices and the difference
+    from the third-party re-implementation.
 
     Args:
         gate: ``"conv"`` (default; 1×1 conv to one channel, the paper's choice), ``"max"`` or
@@ -60,7 +59,19 @@ class NeighborErasing(keras.layers.Layer):
         kernel_initializer, bias_initializer: of the gate's 1×1 conv (default
             ``"glorot_uniform"``, ``"zeros"``).
 
-    Call: ``layer(shallow, deep)`` -> ``[kept, erased]``.
+    Call: ``layer(shallow, deep)`` with ``shallow`` (B, H, W, C) and ``deep`` (B, H', W', C') ->
+    ``[kept, erased]``, both (B, H, W, C), ``kept + erased == shallow``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.layers import NeighborErasing
+    >>> nem = NeighborErasing(gate="mean")
+    >>> shallow = np.ones((1, 4, 4, 2), "float32")
+    >>> deep = np.zeros((1, 2, 2, 3), "float32")          # gate σ(0) = 0.5 everywhere
+    >>> kept, erased = nem(shallow, deep)
+    >>> tuple(kept.shape), float(kept[0, 0, 0, 0]), float(erased[0, 0, 0, 0])
+    ((1, 4, 4, 2), 0.5, 0.5)
     """
 
     def __init__(self, gate="conv", kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):

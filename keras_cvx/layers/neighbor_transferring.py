@@ -69,16 +69,34 @@ def pooling_factor(name, shallow_shape, deep_shape, factor):
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class NeighborTransferring(keras.layers.Layer):
-    """NTM: adds the down-sampled, convolved erased features to the deeper level.
+    """NETNet's Neighbor Transferring Module: ``p̃_{s'} = p_{s'} + act(Conv(Pool(p^e)))``.
+
+    Paper: "Neighbor Erasing and Transferring Network for Better Single Shot Object Detection",
+    Y. Li et al., CVPR 2020, https://arxiv.org/abs/2001.06690, Sec. 3 (NTM): the features
+    ``p^e`` that ``NeighborErasing`` removed from the shallow level (larger objects) are
+    down-sampled by ``r`` (ceil mode) and convolved onto the deeper level. The paper gives T as
+    "down-sampling + convolution"; the details below are our choices (module docstring).
 
     Args:
-        pool_size: down-sampling factor r (None: ceil(H / H') from the input shapes).
-        pool_type: ``"avg"`` or ``"max"``.
-        kernel_size: k of the transfer conv.
-        activation: applied after the transfer conv (None for linear).
+        pool_size: down-sampling factor r (default None: ceil(H / H') from the input shapes).
+        pool_type: ``"avg"`` (default, as the third-party code) or ``"max"``.
+        kernel_size: k of the transfer conv (default 3).
+        activation: applied after the transfer conv (default ``"relu"``; None for linear).
         kernel_initializer, bias_initializer: of the transfer conv.
 
-    Call: ``layer(erased, deep)`` -> the updated deeper level.
+    Call: ``layer(erased, deep)`` with ``erased`` (B, H, W, C) and ``deep`` (B, H', W', C'),
+    ceil(H / r) = H' and ceil(W / r) = W' -> the updated deeper level (B, H', W', C').
+    Parameters: k²·C·C' + C'.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.layers import NeighborTransferring
+    >>> ntm = NeighborTransferring()
+    >>> erased = np.ones((1, 38, 38, 8), "float32")      # NETNet300's pair 38 -> 10, r = 4
+    >>> deep = np.ones((1, 10, 10, 16), "float32")
+    >>> tuple(ntm(erased, deep).shape), ntm.count_params()     # 3·3·8·16 + 16
+    ((1, 10, 10, 16), 1168)
     """
 
     def __init__(

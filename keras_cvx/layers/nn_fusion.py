@@ -36,16 +36,35 @@ from keras_cvx.validation import require_choice, require_positive_int
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class NearestNeighborFusion(keras.layers.Layer):
-    """NNFM: sum of 1×1 projections of a level and its pooled / up-sampled neighbours.
+    """NETNet's Nearest Neighbor Fusion Module: a level plus its pooled and up-sampled neighbours.
+
+    Paper: "Neighbor Erasing and Transferring Network for Better Single Shot Object Detection",
+    Y. Li et al., CVPR 2020, https://arxiv.org/abs/2001.06690, Sec. 3 (NNFM)::
+
+        q_s = act(H_{s−1}(p_{s−1}) + H_s(p_s) + H_{s+1}(p_{s+1}))
+        H_{s−1} = Conv1×1 ∘ Pool_r,   H_s = Conv1×1,   H_{s+1} = resize ∘ Conv1×1
 
     Args:
-        filters: output channels (common width of the fused levels).
-        pool_size: down-sampling factor r of the shallower neighbour (ceil mode).
-        pool_type: ``"max"`` or ``"avg"`` down-sampling of the shallower neighbour.
-        activation: applied after the sum (None for linear).
+        filters: output channels, the common width of the fused levels (default 256).
+        pool_size: down-sampling factor r of the shallower neighbour (default 2, ceil mode).
+        pool_type: ``"max"`` (default) or ``"avg"`` down-sampling of the shallower neighbour.
+        activation: applied after the sum (default ``"relu"``; None for linear).
         kernel_initializer, bias_initializer: of the 1×1 convs.
 
-    Call: ``layer(current, shallower=None, deeper=None)``.
+    Call: ``layer(current, shallower=None, deeper=None)`` with ``current`` (B, H, W, C_s),
+    ``shallower`` (B, H_{s−1}, W_{s−1}, C_{s−1}) where ceil(H_{s−1} / r) = H, ``deeper`` of any
+    smaller size -> (B, H, W, filters). Parameters: filters · (C_{s−1} + C_s + C_{s+1} + 1).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.layers import NearestNeighborFusion
+    >>> nnfm = NearestNeighborFusion(filters=16)
+    >>> current = np.ones((1, 19, 19, 32), "float32")
+    >>> q = nnfm(current, shallower=np.ones((1, 38, 38, 16), "float32"),
+    ...          deeper=np.ones((1, 10, 10, 8), "float32"))
+    >>> tuple(q.shape), nnfm.count_params()                 # 16 · (16 + 32 + 8 + 1)
+    ((1, 19, 19, 16), 912)
     """
 
     def __init__(

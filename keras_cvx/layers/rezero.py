@@ -17,12 +17,16 @@ from keras_cvx.validation import require_positive_int, require_unit_interval
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class ReZero(keras.layers.Layer):
-    """``y = S(x) + α · F(x)`` with a trainable scalar ``α`` that starts at exactly 0.
+    """ReZero residual gate: ``y = S(x) + α · F(x)`` with a trainable scalar ``α`` that starts at 0.
+
+    Paper: "ReZero is All You Need: Fast Convergence at Large Depth", T. Bachlechner et al.,
+    https://arxiv.org/abs/2003.04887: ``x_{i+1} = x_i + α_i F_i(x_i)``, ``α_i = 0`` at
+    initialisation, no normalisation on the residual path.
 
     ``S(x)`` is the identity (``x``) or, for a block that changes the resolution or the width,
     a shortcut tensor passed in the call (the projection ``P(x)``, e.g. a strided 1×1 conv + BN
     computed outside the gate). At initialisation the layer is exactly ``S``: the identity, or
-    the projection alone. This is how the authors' ReZNet (ReZero-examples,
+    the projection alone. This is how the authors' ReZNet (``tbachlechner/ReZero-examples``,
     ``ReZNet-6x_faster_ResNet_training_via_ReZero.ipynb``) gates every block of a ResNet,
     down-sampling blocks included (there with the option-A shortcut, here with whatever
     shortcut the caller computes).
@@ -40,15 +44,21 @@ class ReZero(keras.layers.Layer):
     Shapes: the output has the shape of ``shortcut`` (or of ``x``). ``α`` is stored in float32
     under every dtype policy (it starts at 0 and receives small updates).
 
-    Example::
+    Example:
 
-        import keras, numpy as np
-        x = keras.Input((8, 8, 16))
-        branch = keras.Sequential([keras.Input((8, 8, 16)),
-                                   keras.layers.Conv2D(32, 3, strides=2, padding="same")])
-        projection = keras.layers.Conv2D(32, 1, strides=2)(x)
-        y = ReZero(branch)(x, shortcut=projection)          # == projection at initialisation
-        model = keras.Model(x, y)
+    >>> import keras, numpy as np
+    >>> from keras_cvx.layers import ReZero
+    >>> x = np.arange(8, dtype="float32").reshape(2, 4)
+    >>> gate = ReZero(keras.layers.Dense(4))
+    >>> bool(np.array_equal(keras.ops.convert_to_numpy(gate(x)), x))   # α = 0: the identity
+    True
+    >>> inputs = keras.Input((8, 8, 16))
+    >>> branch = keras.Sequential([keras.Input((8, 8, 16)),
+    ...                            keras.layers.Conv2D(32, 3, strides=2, padding="same")])
+    >>> projection = keras.layers.Conv2D(32, 1, strides=2)(inputs)
+    >>> outputs = ReZero(branch)(inputs, shortcut=projection)   # == projection at initialisation
+    >>> tuple(outputs.shape)
+    (None, 4, 4, 32)
     """
 
     def __init__(self, layer, alpha_initializer="zeros", **kwargs):
@@ -98,7 +108,9 @@ class ReZero(keras.layers.Layer):
 class ReZeroTransformerEncoder(keras.layers.Layer):
     """One ReZero Transformer encoder layer (official ``RZTXEncoderLayer``), no LayerNorm.
 
-    ::
+    Paper: "ReZero is All You Need: Fast Convergence at Large Depth", T. Bachlechner et al.,
+    https://arxiv.org/abs/2003.04887; official code ``majumderb/rezero``
+    (``rezero/transformer.py``, ``RZTXEncoderLayer``)::
 
         a   = MultiHeadSelfAttention(x)                 (attention dropout = `dropout`)
         h   = x + Dropout(α · a)
@@ -109,11 +121,13 @@ class ReZeroTransformerEncoder(keras.layers.Layer):
 
     Args:
         num_heads: attention heads; the model width ``d`` must be divisible by it.
-        feedforward_dim: ``d_ff`` (2048 in the reference code).
-        dropout: dropout rate of the attention weights and of both residual branches.
-        activation: the feed-forward activation (``"relu"`` or ``"gelu"`` in the reference).
+        feedforward_dim: ``d_ff`` (default 2048, as the reference code).
+        dropout: dropout rate of the attention weights and of both residual branches
+            (default 0.1).
+        activation: the feed-forward activation (``"relu"``, default, or ``"gelu"`` in the
+            reference).
         kernel_initializer: initializer of all projection matrices (the authors' examples use
-            Xavier-uniform, i.e. ``"glorot_uniform"``).
+            Xavier-uniform, i.e. ``"glorot_uniform"``, the default).
 
     Call arguments:
         inputs: ``(B, L, d)``.
@@ -121,6 +135,16 @@ class ReZeroTransformerEncoder(keras.layers.Layer):
         attention_mask: optional ``(B, L, L)``, 1/True where query ``i`` may attend key ``j``.
 
     Output: ``(B, L, d)``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.layers import ReZeroTransformerEncoder
+    >>> x = np.random.default_rng(0).normal(size=(1, 5, 8)).astype("float32")
+    >>> layer = ReZeroTransformerEncoder(num_heads=2, feedforward_dim=16)
+    >>> y = keras.ops.convert_to_numpy(layer(x))
+    >>> y.shape, bool(np.allclose(y, x))       # α = 0: the identity at initialisation
+    ((1, 5, 8), True)
     """
 
     def __init__(

@@ -52,15 +52,37 @@ KAIMING_FAN_OUT = {
 class SlimConv2D(keras.layers.Layer):
     """SlimConv module: C channels in, 3C/4 channels out, spatial stride ``strides``.
 
-    Args:
-        strides: 1 or 2, applied by both 3×3 convolutions.
-        dilation_rate: δ of both 3×3 convolutions (and their padding); only with
-            ``strides=1``.
-        reduction: the weights branch's reduction ``r`` (hidden width ``C // r`` ≥ 1).
-        kernel_initializer: initializer of every convolution kernel.
-        epsilon, momentum: of the four BatchNormalization layers (Keras convention).
+    Paper: "SlimConv: Reducing Channel Redundancy in Convolutional Neural Networks by Weights
+    Flipping", J. Qiu et al., https://arxiv.org/abs/2003.07469; follows the official
+    ``slim_conv_3x3`` (``JiaxiongQ/SlimConv``, ``SC-ResNet.py``): SE-style channel weights
+    ``w``, two copies of the input reweighted by ``w`` and by ``w`` reversed ("weights
+    flipping"), each folded from C to C/2 channels ("reconstruct"), transformed by a 3×3 conv
+    (top) and a 1×1 + 3×3 conv pair (bottom), then concatenated ("fuse"). Formulas and the
+    differences from the reference code are in the module docstring.
 
-    Shapes: ``(B, H, W, C)`` in, ``(B, ceil(H/s), ceil(W/s), 3C/4)`` out.
+    Args:
+        strides: 1 (default) or 2, applied by both 3×3 convolutions.
+        reduction: the weights branch's reduction ``r`` (default 32; hidden width ``C // r``
+            ≥ 1).
+        kernel_initializer: initializer of every convolution kernel (default Kaiming-normal
+            fan-out, the official init).
+        epsilon, momentum: of the four BatchNormalization layers (defaults 1e-5 and 0.9:
+            PyTorch's defaults in Keras's convention).
+        dilation_rate: δ of both 3×3 convolutions (and their padding, default 1); only with
+            ``strides=1``.
+
+    Shapes: ``(B, H, W, C)`` in (C divisible by 4 and ≥ r), ``(B, ceil(H/s), ceil(W/s), 3C/4)``
+    out. Trainable parameters: 3C² + 3.0625·C (C divisible by 32).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.layers import SlimConv2D
+    >>> layer = SlimConv2D(strides=2)
+    >>> tuple(layer(np.ones((2, 8, 8, 64), "float32")).shape)
+    (2, 4, 4, 48)
+    >>> sum(int(np.prod(w.shape)) for w in layer.trainable_weights)   # 3·64² + 3.0625·64
+    12484
     """
 
     def __init__(

@@ -21,13 +21,27 @@ from keras_cvx.validation import require_positive_int
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class SqueezeExcite(keras.layers.Layer):
-    """``y = x · σ(W2 ReLU(W1 mean_{HW}(x) + b1) + b2)``.
+    """Squeeze-and-Excitation: ``y = x · σ(W2 ReLU(W1 mean_{HW}(x) + b1) + b2)``.
+
+    Paper: "Squeeze-and-Excitation Networks", J. Hu et al., CVPR 2018,
+    https://arxiv.org/abs/1709.01507, Eqs. 2-4 (squeeze, excitation, scale). The baseline
+    channel attention that CE, SlimConv and DY-ReLU compare with.
 
     Args:
-        reduction: ``r``; the hidden width is ``max(1, C // r)``.
-        kernel_initializer: initializer of ``W1`` and ``W2``.
+        reduction: ``r`` (default 16, the paper's); the hidden width is ``max(1, C // r)``.
+        kernel_initializer: initializer of ``W1`` and ``W2`` (biases start at 0).
 
-    Shapes: ``(B, ..., C)`` (rank ≥ 3, channels last) in, the same shape out.
+    Shapes: ``(B, ..., C)`` (rank ≥ 3, channels last) in, the same shape out. Parameters:
+    2·C·h + h + C with h = max(1, C // r).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.layers import SqueezeExcite
+    >>> se = SqueezeExcite(reduction=4, kernel_initializer="zeros")   # s = σ(0) = 0.5
+    >>> y = se(np.ones((1, 2, 2, 8), "float32"))
+    >>> tuple(y.shape), float(y[0, 0, 0, 0]), se.count_params()        # 2·8·2 + 2 + 8
+    ((1, 2, 2, 8), 0.5, 42)
     """
 
     def __init__(self, reduction=16, kernel_initializer="glorot_uniform", **kwargs):

@@ -24,8 +24,9 @@ Caffe SSD does the same with ``top_k=400`` per class and ``keep_top_k=200``; our
 ``max_detections=100`` is lufficc/SSD's and COCO's ``maxDets``. Class-aware greedy NMS over
 the merged per-class candidates (``ops.nms.class_aware_non_max_suppression``) selects exactly
 per-class NMS followed by a merge by score, with static shapes; it runs image by image
-(``keras.ops.map``) so that the batch size may be unknown (serving signatures). Decoded boxes are clipped to
-the image when ``image_size`` is given. Everything is float32 whatever the dtype policy.
+(``keras.ops.map``) so that the batch size may be unknown (serving signatures). Decoded boxes are not
+clipped here (``SSDNet.predict_step`` clips them to the image). Everything is float32 whatever the
+dtype policy.
 """
 
 import keras
@@ -38,18 +39,43 @@ from keras_cvx.validation import require_positive_int, require_unit_interval
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class SSDDecoder(keras.layers.Layer):
-    """Turns SSD head outputs into padded detections (see the module docstring).
+    """Turns SSD head outputs into padded detections: softmax, box decoding, top-k, class-aware NMS.
+
+    Paper: "SSD: Single Shot MultiBox Detector", W. Liu et al., https://arxiv.org/abs/1512.02325,
+    Sec. 2.1 (inference) and Eq. 2 (box coding); the settings of Caffe SSD and lufficc/SSD.
+    Per image: scores ``softmax(z)[1:]`` (background, index 0, dropped), boxes decoded from the
+    deltas relative to the anchors, the ``pre_nms_top_k`` best anchors per class, greedy NMS
+    within each class, and the ``max_detections`` best survivors in descending score order
+    (module docstring).
 
     Args:
-        score_threshold: keep class scores ``> score_threshold`` (SSD: 0.01).
-        iou_threshold: NMS IoU threshold (SSD: 0.45).
-        pre_nms_top_k: candidates per class before NMS (Caffe SSD: 400; at most the number
-            of anchors is used).
-        max_detections: output slots per image.
-        box_weights: delta coding weights ``(w_x, w_y, w_w, w_h)``, the inverse SSD variances.
+        score_threshold: keep class scores ``> score_threshold`` (default 0.01, SSD's).
+        iou_threshold: NMS IoU threshold (default 0.45, SSD's).
+        pre_nms_top_k: candidates per class before NMS (default 400, Caffe SSD's; at most the
+            number of anchors is used).
+        max_detections: output slots per image (default 100, lufficc/SSD's and COCO's
+            ``maxDets``).
+        box_weights: delta coding weights ``(w_x, w_y, w_w, w_h)``, the inverse SSD variances
+            (default ``(10, 10, 5, 5)``).
 
-    Call: ``decoder(box_regression [B, N, 4], class_logits [B, N, K + 1], anchors [N, 4])`` -> dict of
-    ``boxes``, ``scores``, ``classes``, ``num_detections``.
+    Call: ``decoder(box_regression [B, N, 4], class_logits [B, N, K + 1], anchors [N, 4])`` ->
+    dict of ``boxes`` float32 ``[B, D, 4]`` (``xyxy`` pixels, not clipped), ``scores`` float32 ``[B, D]``,
+    ``classes`` int32 ``[B, D]`` (0-based object classes, -1 in padding rows) and
+    ``num_detections`` int32 ``[B]``, with ``D = max_detections``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.layers import SSDDecoder
+    >>> anchors = np.array([[0, 0, 10, 10], [20, 20, 40, 40]], "float32")
+    >>> deltas = np.zeros((1, 2, 4), "float32")                          # boxes = anchors
+    >>> logits = np.log(np.array([[[0.1, 0.9], [0.7, 0.3]]], "float32"))  # background first
+    >>> out = SSDDecoder(max_detections=3)(deltas, logits, anchors)
+    >>> out = {name: keras.ops.convert_to_numpy(value) for name, value in out.items()}
+    >>> int(out["num_detections"][0]), out["classes"][0].tolist()
+    (2, [0, 0, -1])
+    >>> out["boxes"][0].tolist(), [round(float(s), 2) for s in out["scores"][0]]
+    ([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0], [0.0, 0.0, 0.0, 0.0]], [0.9, 0.3, 0.0])
     """
 
     def __init__(self, score_threshold=0.01, iou_threshold=0.45, pre_nms_top_k=400, max_detections=100,

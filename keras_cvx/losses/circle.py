@@ -95,14 +95,36 @@ class _CircleBase(keras.losses.Loss):
 class CircleLoss(_CircleBase):
     """Class-level Circle loss (AM-Softmax-like: one positive, the label, per row).
 
-    ``L_b = softplus(LSE_{j≠y}(γ α_n (s_j − m)) − γ α_p (s_y − (1 − m)))``, mean over rows
-    whose label is in ``[0, C)`` (other labels, e.g. −1, give 0 and are not counted).
+    Paper: "Circle Loss: A Unified Perspective of Pair Similarity Optimization", Y. Sun et al.,
+    CVPR 2020, https://arxiv.org/abs/2002.10857 (the Circle loss with self-paced weights
+    ``α_p = [1 + m − s_p]_+``, ``α_n = [s_n + m]_+`` and margins ``Δ_p = 1 − m``, ``Δ_n = m``,
+    module docstring), with class-level labels: K = 1 positive similarity, the cosine to the
+    label's proxy, and C − 1 negatives::
+
+        L_b = softplus(LSE_{j≠y}(γ α_n (s_j − m)) − γ α_p (s_y − (1 − m)))
+
+    mean over rows whose label is in ``[0, C)`` (other labels, e.g. −1, give 0 and are not
+    counted). α is not differentiated (stop-gradient), as every reference implementation.
 
     Args:
-        margin: relaxation ``m`` (paper face recognition: 0.25).
-        gamma: scale ``γ`` (paper face recognition: 256).
+        margin: relaxation ``m`` (default 0.25, the paper's face-recognition setting).
+        gamma: scale ``γ`` (default 256, the paper's face-recognition setting).
+        reduction, name, dtype: as ``keras.losses.Loss`` (keep the default reduction: ``call``
+            already scales the rows so that it yields the mean over valid rows).
 
-    Shapes: ``y_true`` integer labels [B] (or [B, 1]), ``y_pred`` cosines [B, C] in [−1, 1].
+    Shapes: ``y_true`` integer labels [B] (or [B, 1]), ``y_pred`` cosines [B, C] in [−1, 1]
+    (e.g. from ``keras_cvx.layers.CosineDense``) -> float32 scalar.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.losses import CircleLoss
+    >>> cosines = np.array([[0.9, 0.1, -0.2], [0.2, 0.3, 0.8]], "float32")
+    >>> loss = CircleLoss()
+    >>> round(float(loss(np.array([0, -1]), cosines)), 4)   # row 0 near its optimum; -1 ignored
+    0.0
+    >>> round(float(loss(np.array([0, 2]), cosines)), 4)    # row 1: a negative (0.3) above m
+    0.7627
     """
 
     def __init__(self, margin=0.25, gamma=256.0, reduction="sum_over_batch_size", name="circle_loss", dtype=None):
@@ -120,19 +142,38 @@ class CircleLoss(_CircleBase):
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class PairwiseCircleLoss(_CircleBase):
-    """Pair-wise Circle loss over all pairs of the batch, one loss per anchor (as PML).
+    """Pair-wise Circle loss over all pairs of the batch, one loss per anchor.
 
-    ``S = û ûᵀ`` with ``û = e / ‖e‖`` (``normalize=True``); per anchor a,
-    ``L_a = softplus(LSE_{b∈P(a)}(−γ α_p (S_ab − (1 − m))) + LSE_{b∈N(a)}(γ α_n (S_ab − m)))``,
-    mean over anchors with at least one positive and one negative (PML's reduction).
+    Paper: "Circle Loss: A Unified Perspective of Pair Similarity Optimization", Y. Sun et al.,
+    CVPR 2020, https://arxiv.org/abs/2002.10857 (module docstring), with pair-wise labels, per
+    anchor as ``CircleLoss`` of ``KevinMusgrave/pytorch-metric-learning`` (PML):
+    ``S = û ûᵀ`` with ``û = e / ‖e‖`` (``normalize=True``); per anchor a::
+
+        L_a = softplus(LSE_{b∈P(a)}(−γ α_p (S_ab − (1 − m))) + LSE_{b∈N(a)}(γ α_n (S_ab − m)))
+
+    with positives ``P(a) = {b ≠ a: y_b = y_a}`` and negatives ``N(a) = {b: y_b ≠ y_a}``; mean
+    over anchors with at least one positive and one negative (PML's reduction).
 
     Args:
-        margin: relaxation ``m`` (paper fine-grained retrieval: 0.4).
-        gamma: scale ``γ`` (paper fine-grained retrieval: 80).
-        normalize: L2-normalise the embeddings first (``False``: the caller passes unit vectors,
-            as ``keras.losses.Circle`` expects).
+        margin: relaxation ``m`` (default 0.4, the paper's fine-grained retrieval setting).
+        gamma: scale ``γ`` (default 80, the paper's fine-grained retrieval setting).
+        normalize: L2-normalise the embeddings first (default True; ``False``: the caller
+            passes unit vectors, as ``keras.losses.Circle`` expects).
+        reduction, name, dtype: as ``keras.losses.Loss`` (keep the default reduction).
 
-    Shapes: ``y_true`` integer labels [B] (or [B, 1]), ``y_pred`` embeddings [B, D].
+    Shapes: ``y_true`` integer labels [B] (or [B, 1]), ``y_pred`` embeddings [B, D] -> float32
+    scalar. Batches need several samples per class (P × K sampling), or there are no positives.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.losses import PairwiseCircleLoss
+    >>> embeddings = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], "float32")
+    >>> loss = PairwiseCircleLoss()
+    >>> round(float(loss(np.array([0, 0, 1, 1]), embeddings)), 4)   # two well separated classes
+    0.0
+    >>> round(float(loss(np.array([0, 1, 0, 1]), embeddings)), 1)   # positives far apart
+    117.8
     """
 
     def __init__(

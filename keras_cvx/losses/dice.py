@@ -46,6 +46,7 @@ class DiceLoss(keras.losses.Loss):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.losses import DiceLoss
     >>> mask = np.array([[[1.0, 0.0], [0.0, 0.0]]])
     >>> round(float(DiceLoss()(mask, mask)), 4)
     0.0

@@ -50,15 +50,38 @@ def top_k_kl_divergence(teacher_logits, student_logits, k, temperature=1.0, kl_d
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class TopKDistillation(keras.distillation.DistillationLoss):
-    """``weight · T² · mean_b KL(q ‖ p)`` over the teacher's top-K classes.
+    """Top-K distillation term of KD for AutoAugment: ``weight · T² · mean_b KL(q ‖ p)``.
+
+    Paper: "Circumventing Outliers of AutoAugment with Knowledge Distillation", L. Wei et al.,
+    ECCV 2020, https://arxiv.org/abs/2003.11342. ``q`` and ``p`` are the teacher's and the
+    student's softmaxes at temperature T over the teacher's K highest-scoring classes only
+    (renormalised over those K; module docstring). A ``keras.distillation.DistillationLoss``
+    for ``keras.distillation.Distiller``; the ground-truth cross-entropy is the Distiller's
+    student loss.
 
     Args:
-        k: number of teacher classes kept (paper: 5 on ImageNet; ``k >= C`` means all).
-        temperature: ``T``.
-        weight: ``λ`` applied inside this loss (1.0: leave the weighting to the Distiller).
-        kl_direction: ``"teacher_student"`` (KL(q ‖ p), default) or ``"student_teacher"``.
+        k: number of teacher classes kept (default 5, the paper's best on ImageNet; ``k >= C``
+            means all classes).
+        temperature: ``T`` (default 1.0).
+        weight: ``λ`` applied inside this loss (default 1.0: leave the weighting to the
+            Distiller).
+        kl_direction: ``"teacher_student"`` (KL(q ‖ p), default) or ``"student_teacher"``
+            (the ReSmooth re-implementation's reverse KL).
 
-    ``compute_loss(teacher_outputs, student_outputs)``: logits [B, C] each -> scalar float32.
+    ``compute_loss(teacher_outputs, student_outputs)``: logits [B, C] each -> float32 scalar.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.losses import TopKDistillation
+    >>> teacher = np.array([[3.0, 1.0, 0.2, -1.0, 2.0]], "float32")
+    >>> student = np.array([[1.0, 0.0, 0.0, 0.0, 0.0]], "float32")
+    >>> round(float(TopKDistillation(k=3).compute_loss(teacher, student)), 6)   # classes 0, 4, 1
+    0.053808
+    >>> round(float(TopKDistillation(k=5).compute_loss(teacher, student)), 6)   # all classes
+    0.256499
+    >>> round(float(TopKDistillation(k=3).compute_loss(teacher, teacher)), 6)
+    0.0
     """
 
     def __init__(self, k=5, temperature=1.0, weight=1.0, kl_direction="teacher_student"):

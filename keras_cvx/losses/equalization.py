@@ -37,7 +37,25 @@ from keras_cvx.validation import require_positive, require_unit_interval
 
 
 def tail_class_mask(class_frequencies, frequency_threshold):
-    """``T_λ``: 1.0 where ``f_j < λ`` (strictly), as a float32 NumPy vector [C]."""
+    """EQL's threshold function ``T_λ``: 1.0 where ``f_j < λ`` (strictly), as float32 NumPy [C].
+
+    Paper: "Equalization Loss for Long-Tailed Object Recognition", J. Tan et al., CVPR 2020,
+    https://arxiv.org/abs/2003.05176 (the threshold function of the EQL weight, module
+    docstring).
+
+    Args:
+        class_frequencies: image-level frequency ``f_j`` of each class [C] (see
+            ``keras_cvx.data.class_frequencies``).
+        frequency_threshold: ``λ``.
+
+    Returns: float32 NumPy vector [C] of 0/1.
+
+    Example:
+
+    >>> from keras_cvx.losses import tail_class_mask
+    >>> tail_class_mask([1e-4, 0.2, 1e-3, 0.00177], 0.00177).tolist()
+    [1.0, 0.0, 1.0, 0.0]
+    """
     return (np.asarray(class_frequencies, np.float64) < frequency_threshold).astype("float32")
 
 
@@ -83,6 +101,14 @@ class _EqualizationBase(keras.losses.Loss):
 class EqualizationLoss(_EqualizationBase):
     """Sigmoid Equalization Loss for a detector's second-stage classifier.
 
+    Paper: "Equalization Loss for Long-Tailed Object Recognition", J. Tan et al., CVPR 2020,
+    https://arxiv.org/abs/2003.05176, Eq. 4-6; official code ``tztztztztz/eql.detectron2``
+    (``eql_loss``). Binary cross-entropy summed over the C foreground classes, where a
+    foreground RoI of class g drops the negative terms of the tail classes ``j ≠ g``
+    (``f_j < λ``); background RoIs keep every term::
+
+        w[r, j] = 1 − E(r) T_λ(j) (1 − Y[r, j]),   L = Σ_{r,j} w[r, j] BCE(z[r, j], Y[r, j]) / R
+
     Args:
         class_frequencies: image-level frequency ``f_j`` of each foreground class [C] (see
             ``keras_cvx.data.class_frequencies``); or None when ``tail_mask`` is given.
@@ -94,16 +120,21 @@ class EqualizationLoss(_EqualizationBase):
             (100 / 56,740 = 1.7624e-3 is not below 1.76e-3: 912 tail classes); pass
             ``frequency_threshold=1.76e-3`` for that set.
         tail_mask: optional explicit ``T`` [C] of 0/1 instead of frequencies.
+        reduction, name, dtype: as ``keras.losses.Loss`` (keep the default reduction: ``call``
+            scales the rows so that it yields the mean over valid RoIs).
 
     Shapes: ``y_true`` integer labels [R] in ``{-1 (padding), 0..C-1, C (background)}``;
-    ``y_pred`` logits [R, C]. The value is the sum over classes averaged over valid RoIs.
+    ``y_pred`` logits [R, C] (no background logit). The value is the sum over classes averaged
+    over valid RoIs, float32.
 
-    Example::
+    Example:
 
-        import numpy as np
-        loss = EqualizationLoss(class_frequencies=[1e-4, 0.2, 1e-3])   # λ = 0.00177: classes 0, 2 are tail
-        value = loss(np.array([1, 3, -1]), np.zeros((3, 3), "float32"))  # fg class 1, background, padding
-        # RoI 0 drops the tail negatives 0 and 2: ln 2; the background RoI keeps all: 3 ln 2 -> mean 2 ln 2
+    >>> import numpy as np
+    >>> from keras_cvx.losses import EqualizationLoss
+    >>> loss = EqualizationLoss(class_frequencies=[1e-4, 0.2, 1e-3])   # λ = 0.00177: 0, 2 tail
+    >>> labels = np.array([1, 3, -1])             # class 1, background (C = 3), padding
+    >>> round(float(loss(labels, np.zeros((3, 3), "float32"))), 4)    # (ln 2 + 3 ln 2) / 2
+    1.3863
     """
 
     def __init__(
@@ -138,15 +169,34 @@ class EqualizationLoss(_EqualizationBase):
 class SoftmaxEqualizationLoss(_EqualizationBase):
     """Softmax Equalization Loss for long-tailed image classification.
 
+    Paper: "Equalization Loss for Long-Tailed Object Recognition", J. Tan et al., CVPR 2020,
+    https://arxiv.org/abs/2003.05176, Eq. 8-9 (the softmax form, no background): each tail
+    class ``k ≠ y`` leaves the softmax denominator with probability ``γ``::
+
+        β[b, k] ~ Bernoulli(γ),   w[b, k] = 1 − β[b, k] T_λ(k) (1 − Y[b, k])
+        L_b = −log(exp(z[b, y_b]) / Σ_k w[b, k] exp(z[b, k])),   L = mean_b L_b
+
     Args:
         class_frequencies: fraction of training samples of each class [C] (or ``tail_mask``).
-        frequency_threshold: ``λ`` (third-party SEQL default 0.005; paper values unconfirmed).
+        frequency_threshold: ``λ`` (default 0.005, the third-party ``SEQL`` default of
+            ``zhangyongshun/BagofTricks-LT``; the paper's values are dataset-specific).
         gamma: probability ``γ`` that a tail negative is dropped from the softmax denominator
-            (β = 1); default 0.9 (third-party default, believed to match the paper).
+            (β = 1); default 0.9 (the same third-party default).
         seed: seed of the ``SeedGenerator`` that draws β; a new β every call.
         tail_mask: optional explicit ``T`` [C] of 0/1.
+        reduction, name, dtype: as ``keras.losses.Loss`` (keep the default reduction).
 
-    Shapes: ``y_true`` integer labels [B], ``y_pred`` logits [B, C]. Labels −1 are ignored.
+    Shapes: ``y_true`` integer labels [B], ``y_pred`` logits [B, C] -> float32 scalar. Labels
+    −1 are ignored.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cvx.losses import SoftmaxEqualizationLoss
+    >>> loss = SoftmaxEqualizationLoss(tail_mask=[0, 1, 1], gamma=1.0)   # always drop: β = 1
+    >>> logits = np.zeros((2, 3), "float32")
+    >>> round(float(loss(np.array([0, 1]), logits)), 4)       # (log 1 + log 2) / 2
+    0.3466
     """
 
     def __init__(

@@ -44,18 +44,38 @@ INITIAL_RATIO = 100.0
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
 class EqualizationLossV2(keras.layers.Layer):
-    """EQL v2 loss layer: ``loss_per_roi = layer(labels, logits, training=...)`` (Keras's
-    ``(y_true, y_pred)`` order).
+    """Equalization Loss v2 as a layer that owns its gradient statistics.
+
+    Paper: "Equalization Loss v2: A New Gradient Balance Approach for Long-tailed Object
+    Detection", J. Tan et al., CVPR 2021, https://arxiv.org/abs/2012.08548; the equations of
+    the official ``EQLv2`` (``tztztztztz/eqlv2``, ``mmdet/models/losses/eqlv2.py``), written
+    out in the module docstring: per-class BCE weights ``neg_w = σ(γ (g − μ))`` and
+    ``pos_w = 1 + α (1 − neg_w)`` from the accumulated ratio ``g`` of positive to negative
+    gradient magnitudes (100, i.e. plain BCE, before any update).
+
+    ``loss_per_roi = layer(labels, logits, training=...)`` (Keras's ``(y_true, y_pred)`` order).
 
     Args:
         num_classes: foreground classes ``C`` (the logits have ``C + 1`` columns).
-        gamma: ``γ`` of the weight mapping (12).
-        mu: ``μ`` of the weight mapping (0.8).
-        alpha: ``α`` of the positive weight (4).
+        gamma: ``γ`` of the weight mapping (default 12, the official value).
+        mu: ``μ`` of the weight mapping (default 0.8).
+        alpha: ``α`` of the positive weight (default 4).
 
     Call: ``labels`` [R] integer in ``{-1, 0..C-1, C (background)}``, ``logits`` [R, C+1];
     ``training=True`` updates the statistics after computing the loss. Returns float32 [R];
     ``ops.mean`` of it is the loss.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.losses import EqualizationLossV2
+    >>> layer = EqualizationLossV2(num_classes=2)
+    >>> labels, logits = np.array([0, 2]), np.zeros((2, 3), "float32")   # class 0, background
+    >>> per_roi = layer(labels, logits, training=True)        # weights 1 before any statistics
+    >>> round(float(keras.ops.mean(per_roi)), 4)              # 3 ln 2 per RoI
+    2.0794
+    >>> layer.statistics()["pos_neg_ratio"].tolist()         # g = pos_grad / neg_grad
+    [1.0, 0.0]
     """
 
     def __init__(self, num_classes, gamma=12.0, mu=0.8, alpha=4.0, **kwargs):

@@ -54,6 +54,7 @@ class SigmoidFocalLoss(keras.losses.Loss):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.losses import SigmoidFocalLoss
     >>> loss = SigmoidFocalLoss()
     >>> round(float(loss(np.array([[1.0, 0.0]]), np.array([[0.0, 0.0]]))), 4)
     0.1733

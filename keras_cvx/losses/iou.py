@@ -64,6 +64,7 @@ class IoULoss(keras.losses.Loss):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.losses import IoULoss
     >>> loss = IoULoss(smooth=0.0)
     >>> round(float(loss(np.array([[2.0, 2.0, 2.0, 2.0]]), np.array([[2.0, 2.0, 2.0, 2.0]]))), 6)
     0.0

@@ -39,8 +39,23 @@ def num_replicas():
 
 
 def replica_share(loss):
-    """``loss / num_replicas()``: a per-example mean over the replica's examples turned into
-    its share of the global-batch mean."""
+    """``loss / num_replicas()``: a replica's per-example mean as its share of the global mean.
+
+    Under a synchronous ``tf.distribute`` strategy with N replicas the replicas' losses are
+    summed, so each returns its mean divided by N (Keras's own rule for ``model.fit``; module
+    docstring). Outside a strategy and under other backends N = 1.
+
+    Args:
+        loss: the replica's per-example mean (a scalar tensor or number).
+
+    Returns: ``loss`` divided by the number of replicas in sync.
+
+    Example:
+
+    >>> from keras_cvx.losses import replica_share
+    >>> round(float(replica_share(3.0)), 4)      # outside any strategy: unchanged
+    3.0
+    """
     replicas = num_replicas()
     return loss if replicas == 1 else loss * (1.0 / replicas)
 
@@ -48,16 +63,31 @@ def replica_share(loss):
 def normalized_sum(total, count, y=None, key="num_positives"):
     """``total`` divided by the global ``count``: ``total / max(Σ_replicas count, 1)``.
 
+    How keras_cvx detectors normalise a summed loss by their number of positives under
+    ``tf.distribute`` (as Detectron2 and TF Model Garden sum the positives across replicas);
+    the module docstring has the rule.
+
     Args:
         total: the replica's un-normalised loss sum (float32 scalar).
         count: the replica's normaliser (e.g. its number of positives).
         y: the targets given to ``compute_loss``; when they hold ``y["loss_normalizers"][key]``
             (the cross-replica sum of ``count`` from ``keras_cvx.training.Trainer``), that is
             the divisor; otherwise the replica's own ``count`` and ``replica_share``.
-        key: the normaliser's name in ``loss_normalizers``.
+        key: the normaliser's name in ``loss_normalizers`` (default ``"num_positives"``).
 
     Returns:
         float32 scalar, the replica's share of the normalised loss.
+
+    Example:
+
+    >>> from keras_cvx.losses import normalized_sum
+    >>> round(float(normalized_sum(6.0, 3)), 4)                        # one replica: 6 / 3
+    2.0
+    >>> y = {"loss_normalizers": {"num_positives": 12}}                 # global count from the Trainer
+    >>> round(float(normalized_sum(6.0, 3, y)), 4)
+    0.5
+    >>> round(float(normalized_sum(6.0, 0)), 4)                        # no positive: divides by 1
+    6.0
     """
     total = ops.cast(total, "float32")
     normalizers = y.get(LOSS_NORMALIZERS) if isinstance(y, dict) else None

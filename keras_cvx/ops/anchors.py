@@ -67,21 +67,38 @@ def _pairs(image_size):
 
 def ssd_anchors(image_size=300, feature_sizes=None, steps=None, min_sizes=None, max_sizes=None,
                     aspect_ratios=None, clip=False):
-    """SSD anchors (the SSD paper's "default boxes", "priors" in its code) ``[N, 4]`` for a square
-    ``image_size`` (pixels).
+    """SSD anchors (the SSD paper's "default boxes", "priors" in its code) ``[N, 4]``, ``xyxy`` pixels.
 
-    ``image_size`` 300 or 512 selects ``SSD_CONFIGS`` (COCO) for every setting left as None;
-    other sizes need all five settings.
+    Paper: "SSD: Single Shot MultiBox Detector", W. Liu et al.,
+    https://arxiv.org/abs/1512.02325, Sec. 2.2, Eq. 4 (scales and aspect ratios), with the
+    COCO settings of the reference ports (``SSD_CONFIGS``), as NETNet
+    (https://arxiv.org/abs/2001.06690) uses them. Order: level, row, column, box (module
+    docstring).
 
-    ``clip``: ``False`` (default, Caffe SSD's configurations), ``True`` or ``"corners"`` (clamp
-    ``x1, y1, x2, y2`` to ``[0, image_size]``, Caffe ``PriorBox`` with ``clip: true``), or
-    ``"center_size"`` (clamp the normalised ``cx, cy, w, h`` to ``[0, 1]``, as ssd.pytorch and
-    lufficc/SSD do: only priors centred outside or larger than the image change).
+    Args:
+        image_size: side of the square input in pixels (default 300); 300 or 512 selects
+            ``SSD_CONFIGS`` for every setting left as None, other sizes need all five.
+        feature_sizes, steps, min_sizes, max_sizes, aspect_ratios: per-level settings (one
+            entry per level).
+        clip: ``False`` (default, Caffe SSD's configurations), ``True`` or ``"corners"`` (clamp
+            ``x1, y1, x2, y2`` to ``[0, image_size]``, Caffe ``PriorBox`` with ``clip: true``), or
+            ``"center_size"`` (clamp the normalised ``cx, cy, w, h`` to ``[0, 1]``, as
+            ssd.pytorch and lufficc/SSD do: only priors centred outside or larger than the image
+            change).
 
-    Example::
+    Returns: float32 ``[N, 4]`` (8,732 boxes at 300, 24,564 at 512).
 
-        anchors = ssd_anchors(300)                       # (8732, 4) xyxy pixels
-        ported = ssd_anchors(300, clip="center_size")    # the PyTorch ports' priors
+    Example:
+
+    >>> import keras
+    >>> from keras_cvx.ops import ssd_anchors
+    >>> anchors = ssd_anchors(300)
+    >>> tuple(anchors.shape)
+    (8732, 4)
+    >>> keras.ops.convert_to_numpy(anchors)[0].tolist()   # 38×38 level, cell (0, 0): 21 × 21
+    [-6.5, -6.5, 14.5, 14.5]
+    >>> keras.ops.convert_to_numpy(ssd_anchors(300, clip="center_size"))[0].tolist()
+    [-6.5, -6.5, 14.5, 14.5]
     """
     if clip not in CLIP_MODES:
         raise ValueError(f"`clip` must be one of {CLIP_MODES}, got {clip!r}.")
@@ -128,10 +145,35 @@ def _feature_sizes(image_size, strides, feature_sizes):
 
 def fpn_anchors(image_size, strides=(4, 8, 16, 32, 64), sizes=(32, 64, 128, 256, 512),
                 aspect_ratios=(0.5, 1.0, 2.0), scales=(1.0,), offset=0.0, feature_sizes=None):
-    """Multi-level anchors ``[N, 4]``, ``N = sum_l H_l W_l len(aspect_ratios) len(scales)``.
+    """Faster R-CNN + FPN anchors over all levels, ``xyxy`` pixels.
 
-    ``image_size`` is ``(height, width)`` or an int; the feature map of stride ``s`` is
-    ``ceil(height / s) x ceil(width / s)`` unless ``feature_sizes`` gives the ``(h, w)`` per level.
+    Paper: "Feature Pyramid Networks for Object Detection", T.-Y. Lin et al.,
+    https://arxiv.org/abs/1612.03144 (one anchor size per level, 32..512 on P2..P6,
+    ratios {1:2, 1:1, 2:1}); ``w = size · scale / sqrt(r)``, ``h = size · scale · sqrt(r)`` for
+    ``r = h / w``, centres ``(j + offset) s`` (Detectron2 / mmdet v2). Order: level, row,
+    column, ratio, scale.
+
+    Args:
+        image_size: ``(height, width)`` or an int; the map of stride ``s`` is
+            ``ceil(height / s) × ceil(width / s)`` unless ``feature_sizes`` is given.
+        strides: per-level strides (default ``(4, 8, 16, 32, 64)``).
+        sizes: per-level anchor sizes (default ``(32, 64, 128, 256, 512)``).
+        aspect_ratios: ratios ``r = h / w`` (default ``(0.5, 1.0, 2.0)``).
+        scales: size multipliers (default ``(1.0,)``).
+        offset: centre offset in strides (default 0.0).
+        feature_sizes: optional ``(h, w)`` per level.
+
+    Returns: float32 ``[N, 4]``, ``N = Σ_l H_l W_l · len(aspect_ratios) · len(scales)``.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_cvx.ops import fpn_anchors
+    >>> anchors = fpn_anchors((64, 64), strides=(16, 32), sizes=(32, 64))
+    >>> tuple(anchors.shape)                           # (4·4 + 2·2) cells × 3 ratios
+    (60, 4)
+    >>> keras.ops.convert_to_numpy(anchors)[1].tolist()   # stride 16, cell (0, 0), ratio 1
+    [-16.0, -16.0, 16.0, 16.0]
     """
     if len(sizes) != len(strides):
         raise ValueError(f"`sizes` needs one entry per stride {strides}, got {sizes!r}.")
@@ -149,7 +191,30 @@ def fpn_anchors(image_size, strides=(4, 8, 16, 32, 64), sizes=(32, 64, 128, 256,
 
 
 def fcos_locations(image_size, strides=(8, 16, 32, 64, 128), feature_sizes=None):
-    """FCOS points: ``(locations [N, 2] as (x, y) float32, levels [N] int32)`` over all levels."""
+    """FCOS points ``(j s + s // 2, i s + s // 2)`` of every level, and each point's level index.
+
+    Papers: "FCOS: Fully Convolutional One-Stage Object Detection", Z. Tian et al.,
+    https://arxiv.org/abs/1904.01355; used by CondInst
+    (https://arxiv.org/abs/2003.05664) as AdelaiDet's ``compute_locations``. Order: level, row,
+    column.
+
+    Args:
+        image_size: ``(height, width)`` or an int.
+        strides: per-level strides (default ``(8, 16, 32, 64, 128)``, P3..P7).
+        feature_sizes: optional ``(h, w)`` per level (default ``ceil(size / stride)``).
+
+    Returns: ``(locations, levels)``: float32 ``[N, 2]`` as ``(x, y)`` pixels and int32 ``[N]``.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_cvx.ops import fcos_locations
+    >>> locations, levels = fcos_locations((32, 32), strides=(8, 16))
+    >>> tuple(locations.shape), keras.ops.convert_to_numpy(locations)[:2].tolist()
+    ((20, 2), [[4.0, 4.0], [12.0, 4.0]])
+    >>> keras.ops.convert_to_numpy(levels)[[0, 15, 16]].tolist()
+    [0, 0, 1]
+    """
     points, levels = [], []
     for level, ((fh, fw), stride) in enumerate(zip(_feature_sizes(image_size, strides, feature_sizes), strides)):
         y, x = np.meshgrid(np.arange(fh) * stride + stride // 2, np.arange(fw) * stride + stride // 2, indexing="ij")

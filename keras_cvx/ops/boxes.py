@@ -45,7 +45,21 @@ def _float32(x):
 
 
 def box_area(boxes):
-    """Area of ``xyxy`` boxes ``[..., 4]`` -> ``[...]`` (float32; inverted boxes have area 0)."""
+    """Area of ``xyxy`` boxes: ``max(x2 − x1, 0) · max(y2 − y1, 0)``.
+
+    Args:
+        boxes: ``[..., 4]`` ``xyxy`` boxes (any float dtype; computed in float32).
+
+    Returns: float32 ``[...]``; inverted boxes have area 0.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import box_area
+    >>> boxes = np.array([[0, 0, 4, 3], [5, 5, 2, 2]], "float32")
+    >>> keras.ops.convert_to_numpy(box_area(boxes)).tolist()
+    [12.0, 0.0]
+    """
     boxes = _float32(boxes)
     width = ops.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
     height = ops.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
@@ -73,22 +87,76 @@ def _safe_ratio(numerator, denominator):
 
 
 def pairwise_iou(boxes1, boxes2):
-    """IoU of every pair: ``boxes1 [..., N, 4]``, ``boxes2 [..., M, 4]`` -> ``[..., N, M]``.
+    """IoU of every pair of boxes: ``|a ∩ b| / |a ∪ b|``.
 
-    Leading dimensions broadcast. Pairs with an empty union get IoU 0.
+    The overlap criterion of every matcher and NMS in the package (e.g. SSD,
+    https://arxiv.org/abs/1512.02325, Sec. 2.2; Faster R-CNN, https://arxiv.org/abs/1506.01497,
+    Sec. 3.1.2). Pairs with an empty union get IoU 0; unlike
+    ``keras.utils.bounding_boxes.compute_iou`` no epsilon is added to the union, so the values
+    equal ``tf.image.non_max_suppression``'s.
+
+    Args:
+        boxes1: ``[..., N, 4]`` ``xyxy`` boxes.
+        boxes2: ``[..., M, 4]`` ``xyxy`` boxes; leading dimensions broadcast.
+
+    Returns: float32 ``[..., N, M]``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import pairwise_iou
+    >>> a = np.array([[0, 0, 2, 2]], "float32")
+    >>> b = np.array([[1, 1, 3, 3], [0, 0, 2, 2], [5, 5, 6, 6]], "float32")
+    >>> print(np.round(keras.ops.convert_to_numpy(pairwise_iou(a, b)), 4))
+    [[0.1429 1.     0.    ]]
     """
     intersection, union, _ = _pairwise_parts(boxes1, boxes2)
     return _safe_ratio(intersection, union)
 
 
 def pairwise_giou(boxes1, boxes2):
-    """Generalized IoU of every pair, in ``[-1, 1]``: ``[..., N, 4], [..., M, 4] -> [..., N, M]``."""
+    """Generalized IoU of every pair, in ``[-1, 1]``: ``GIoU = IoU − (|C| − |a ∪ b|) / |C|``.
+
+    Paper: "Generalized Intersection over Union", H. Rezatofighi et al., CVPR 2019,
+    https://arxiv.org/abs/1902.09630; ``C`` is the smallest box enclosing both
+    (``GIoU = IoU`` where ``|C| = 0``).
+
+    Args:
+        boxes1: ``[..., N, 4]`` ``xyxy`` boxes.
+        boxes2: ``[..., M, 4]`` ``xyxy`` boxes; leading dimensions broadcast.
+
+    Returns: float32 ``[..., N, M]``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import pairwise_giou
+    >>> a = np.array([[0, 0, 1, 1]], "float32")
+    >>> b = np.array([[2, 0, 3, 1], [0, 0, 1, 1]], "float32")   # disjoint: C = 3, union = 2
+    >>> print(np.round(keras.ops.convert_to_numpy(pairwise_giou(a, b)), 4))
+    [[-0.3333  1.    ]]
+    """
     intersection, union, hull = _pairwise_parts(boxes1, boxes2)
     return _safe_ratio(intersection, union) - _safe_ratio(hull - union, hull)
 
 
 def clip_boxes(boxes, image_size):
-    """Clips ``xyxy`` boxes ``[..., 4]`` to ``[0, width] x [0, height]``; ``image_size = (h, w)``."""
+    """Clips ``xyxy`` boxes to the image ``[0, width] × [0, height]``.
+
+    Args:
+        boxes: ``[..., 4]`` ``xyxy`` boxes in pixels.
+        image_size: ``(height, width)`` in pixels.
+
+    Returns: float32 ``[..., 4]``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import clip_boxes
+    >>> boxes = np.array([[-5, 10, 120, 90]], "float32")
+    >>> keras.ops.convert_to_numpy(clip_boxes(boxes, (80, 100))).tolist()
+    [[0.0, 10.0, 100.0, 80.0]]
+    """
     height, width = image_size
     boxes = _float32(boxes)
     x = ops.clip(boxes[..., 0::2], 0.0, float(width))
@@ -103,9 +171,33 @@ def _weights(weights):
 
 
 def encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
-    """Deltas ``(t_x, t_y, t_w, t_h)`` of ``boxes [..., N, 4]`` relative to ``anchors [N, 4]``.
+    """Box deltas ``(t_x, t_y, t_w, t_h)`` of ``boxes`` relative to ``anchors``.
 
-    ``anchors`` may also carry the leading dimensions of ``boxes``. Returns float32 ``[..., N, 4]``.
+    Faster R-CNN's parameterization (https://arxiv.org/abs/1506.01497, Eq. 2), SSD's with its
+    variances as weights (https://arxiv.org/abs/1512.02325, Eq. 2)::
+
+        t_x = w_x (g_cx − p_cx) / p_w,   t_y = w_y (g_cy − p_cy) / p_h
+        t_w = w_w log(g_w / p_w),        t_h = w_h log(g_h / p_h)
+
+    Args:
+        boxes: ``[..., N, 4]`` ``xyxy`` ground-truth boxes ``g``.
+        anchors: ``[N, 4]`` ``xyxy`` anchors ``p`` (or with the leading dimensions of
+            ``boxes``).
+        weights: ``(w_x, w_y, w_w, w_h)`` (default ``(1, 1, 1, 1)``, the RPN's;
+            ``BOX_CODER_WEIGHTS = (10, 10, 5, 5)`` are SSD's variances 0.1/0.2 and the R-CNN
+            box head's weights).
+
+    Returns: float32 ``[..., N, 4]``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import encode_boxes
+    >>> anchors = np.array([[0, 0, 10, 10]], "float32")
+    >>> boxes = np.array([[1, 2, 11, 22]], "float32")           # centre (6, 12), size (10, 20)
+    >>> deltas = encode_boxes(boxes, anchors, weights=(10, 10, 5, 5))
+    >>> print(np.round(keras.ops.convert_to_numpy(deltas), 4))   # 5 log 2 = 3.4657
+    [[1.     7.     0.     3.4657]]
     """
     variance = [1.0 / w for w in _weights(weights)]
     return bounding_boxes.encode_box_to_deltas(
@@ -114,9 +206,28 @@ def encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
 
 
 def decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), delta_clip=DELTA_CLIP):
-    """Inverse of ``encode_boxes``: ``deltas [..., N, 4]``, ``anchors [N, 4]`` -> ``xyxy [..., N, 4]``.
+    """Inverse of ``encode_boxes``: boxes from deltas ``(t_x, t_y, t_w, t_h)`` and anchors.
 
-    ``t_w / w_w`` and ``t_h / w_h`` are clamped at ``delta_clip`` before ``exp``.
+    Faster R-CNN's parameterization (https://arxiv.org/abs/1506.01497, Eq. 2) solved for the
+    box; ``t_w / w_w`` and ``t_h / w_h`` are clamped at ``delta_clip`` before ``exp``, as
+    Detectron2 and mmdet do, so a diverging regressor cannot overflow.
+
+    Args:
+        deltas: ``[..., N, 4]``.
+        anchors: ``[N, 4]`` ``xyxy`` anchors (or with the leading dimensions of ``deltas``).
+        weights: ``(w_x, w_y, w_w, w_h)`` used to encode (default ``(1, 1, 1, 1)``).
+        delta_clip: largest scaled ``t_w``/``t_h`` (default ``log(1000 / 16)``).
+
+    Returns: float32 ``xyxy`` boxes ``[..., N, 4]``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import decode_boxes
+    >>> anchors = np.array([[0, 0, 10, 10]], "float32")
+    >>> deltas = np.array([[1.0, 7.0, 0.0, 5 * np.log(2.0)]], "float32")
+    >>> print(np.round(keras.ops.convert_to_numpy(decode_boxes(deltas, anchors, (10, 10, 5, 5))), 4))
+    [[ 1.  2. 11. 22.]]
     """
     scaled = _float32(deltas) / ops.convert_to_tensor(_weights(weights), "float32")
     scaled = ops.concatenate([scaled[..., :2], ops.minimum(scaled[..., 2:], float(delta_clip))], axis=-1)

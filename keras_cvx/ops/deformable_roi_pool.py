@@ -64,6 +64,7 @@ def mmdet_roi_level(boxes, min_level=2, max_level=5, finest_scale=56.0):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.ops import mmdet_roi_level
     >>> [int(k) for k in mmdet_roi_level(np.array([[0, 0, 50, 50], [0, 0, 300, 300]], "float32"))]
     [2, 4]
     """
@@ -184,6 +185,7 @@ def deformable_roi_pool(features, boxes, offsets=None, output_size=7, spatial_sc
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.ops import deformable_roi_pool
     >>> features = np.ones((1, 16, 16, 4), "float32")
     >>> boxes = np.array([[[8, 8, 120, 100]]], "float32")
     >>> tuple(deformable_roi_pool(features, boxes, np.zeros((1, 1, 7, 7, 2), "float32"), 7, 1 / 8).shape)
@@ -220,6 +222,7 @@ def multilevel_deformable_roi_pool(features, boxes, offsets=None, output_size=7,
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.ops import multilevel_deformable_roi_pool
     >>> pyramid = [np.ones((1, 64 // 2**k, 64 // 2**k, 2), "float32") for k in range(2, 6)]
     >>> boxes = np.array([[[0, 0, 40, 40], [0, 0, 250, 250]]], "float32")
     >>> tuple(multilevel_deformable_roi_pool(pyramid, boxes, np.zeros((1, 2, 2), "float32")).shape)

@@ -58,7 +58,36 @@ def _masked_iou(gt_boxes, valid, anchors):
 
 def argmax_iou_match(gt_boxes, gt_labels, anchors, positive_threshold=0.7, negative_threshold=0.3,
                      allow_low_quality_matches=True, low_quality_min_iou=0.0):
-    """IoU argmax matcher for ``anchors [N, 4]``; see the module docstring."""
+    """IoU argmax matcher (Faster R-CNN, Detectron2's ``Matcher``) of ``anchors`` to padded ground truth.
+
+    Paper: "Faster R-CNN", S. Ren et al., https://arxiv.org/abs/1506.01497, Sec. 3.1.2: each
+    anchor takes its highest-IoU ground truth; ``IoU >= positive_threshold`` positive,
+    ``IoU < negative_threshold`` negative, in between ignored; low-quality matches make the
+    best anchors of every ground truth positive (module docstring, with our deviation).
+
+    Args:
+        gt_boxes: ``[B, M, 4]`` (or ``[M, 4]``) ``xyxy`` ground truth, padded.
+        gt_labels: ``[B, M]`` (or ``[M]``) labels, ``-1`` for padding (never matched).
+        anchors: ``[N, 4]`` ``xyxy``.
+        positive_threshold: default 0.7 (the RPN's).
+        negative_threshold: default 0.3 (the RPN's).
+        allow_low_quality_matches: default True.
+        low_quality_min_iou: smallest IoU of a low-quality match (default 0.0).
+
+    Returns: ``(matched_gt, match_state)``, int32 ``[B, N]`` (or ``[N]``): the ground-truth index
+    of positives (``-1`` elsewhere) and 1 positive / 0 negative / -1 ignored.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import argmax_iou_match
+    >>> anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 5], [20, 20, 30, 30]], "float32")
+    >>> gt_boxes = np.array([[0, 0, 10, 10], [0, 0, 0, 0]], "float32")
+    >>> gt_labels = np.array([3, -1])                      # the second row is padding
+    >>> matched, state = argmax_iou_match(gt_boxes, gt_labels, anchors)   # IoU 1, 0.8, 0.5, 0
+    >>> keras.ops.convert_to_numpy(matched).tolist(), keras.ops.convert_to_numpy(state).tolist()
+    ([0, 0, -1, -1], [1, 1, -1, 0])
+    """
     require_unit_interval("positive_threshold", positive_threshold, include_one=True)
     require_unit_interval("negative_threshold", negative_threshold, include_one=True)
     if negative_threshold > positive_threshold:
@@ -79,7 +108,30 @@ def argmax_iou_match(gt_boxes, gt_labels, anchors, positive_threshold=0.7, negat
 
 
 def ssd_match(gt_boxes, gt_labels, anchors, iou_threshold=0.5):
-    """SSD's matching of ``anchors [N, 4]``; see the module docstring. No ignored state."""
+    """SSD's matching of ``anchors`` to padded ground truth (no ignored state).
+
+    Paper: "SSD: Single Shot MultiBox Detector", W. Liu et al., https://arxiv.org/abs/1512.02325,
+    Sec. 2.2 ("Matching strategy"), as ssd.pytorch's ``match``: every ground truth's best
+    anchor is forced positive, then every anchor whose best IoU is ``>= iou_threshold`` is
+    positive with its best ground truth; the rest are negative (module docstring).
+
+    Args:
+        gt_boxes: ``[B, M, 4]`` (or ``[M, 4]``) ``xyxy`` ground truth, padded.
+        gt_labels: ``[B, M]`` (or ``[M]``) labels, ``-1`` for padding.
+        anchors: ``[N, 4]`` ``xyxy``.
+        iou_threshold: default 0.5 (SSD's).
+
+    Returns: ``(matched_gt, match_state)``, int32 ``[B, N]`` (or ``[N]``), state 1 or 0.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import ssd_match
+    >>> anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 5], [20, 20, 30, 30]], "float32")
+    >>> matched, state = ssd_match(np.array([[0, 0, 10, 10]], "float32"), np.array([3]), anchors)
+    >>> keras.ops.convert_to_numpy(matched).tolist(), keras.ops.convert_to_numpy(state).tolist()
+    ([0, 0, 0, -1], [1, 1, 1, 0])
+    """
     require_unit_interval("iou_threshold", iou_threshold, include_one=True)
     gt_boxes, valid, unbatched = _prepare(gt_boxes, gt_labels)
     iou = _masked_iou(gt_boxes, valid, anchors)
@@ -96,8 +148,38 @@ def ssd_match(gt_boxes, gt_labels, anchors, iou_threshold=0.5):
 
 def fcos_match(gt_boxes, gt_labels, locations, levels, strides=(8, 16, 32, 64, 128),
                sizes_of_interest=FCOS_SIZES_OF_INTEREST, radius=1.5, gt_centers=None):
-    """FCOS assignment of ``locations [N, 2]`` ((x, y), level index ``levels [N]``, from
-    ``anchors.fcos_locations``); ``gt_centers [B, M, 2]`` optional (x, y) sampling centres."""
+    """FCOS assignment of locations to padded ground truth, with center sampling.
+
+    Papers: "FCOS: Fully Convolutional One-Stage Object Detection", Z. Tian et al.,
+    https://arxiv.org/abs/1904.01355 (a location is a candidate for a box it lies
+    in, on the level whose size range holds its largest distance; the smallest box wins);
+    center sampling with ``radius`` as CondInst (https://arxiv.org/abs/2003.05664) and
+    AdelaiDet's ``FCOSOutputs`` (module docstring).
+
+    Args:
+        gt_boxes: ``[B, M, 4]`` (or ``[M, 4]``) ``xyxy`` ground truth, padded.
+        gt_labels: ``[B, M]`` (or ``[M]``) labels, ``-1`` for padding.
+        locations: ``[N, 2]`` ``(x, y)`` points (from ``fcos_locations``).
+        levels: ``[N]`` level index of each point.
+        strides: per-level strides (default ``(8, 16, 32, 64, 128)``).
+        sizes_of_interest: the ``len(strides) − 1`` boundaries of the levels' size ranges
+            (default ``(64, 128, 256, 512)``).
+        radius: center-sampling radius in strides (default 1.5; None: anywhere in the box).
+        gt_centers: optional ``[B, M, 2]`` ``(x, y)`` sampling centres (CondInst: the masks'
+            centres of mass) instead of the box centres.
+
+    Returns: ``(matched_gt, match_state)``, int32 ``[B, N]`` (or ``[N]``), state 1 or 0.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import fcos_locations, fcos_match
+    >>> locations, levels = fcos_locations((32, 32), strides=(8, 16))
+    >>> matched, state = fcos_match(np.array([[0, 0, 16, 16]], "float32"), np.array([0]),
+    ...                             locations, levels, strides=(8, 16), sizes_of_interest=(64,))
+    >>> np.flatnonzero(keras.ops.convert_to_numpy(state)).tolist()   # 4 points of stride 8
+    [0, 1, 4, 5]
+    """
     if len(sizes_of_interest) != len(strides) - 1:
         raise ValueError(
             f"`sizes_of_interest` needs len(strides) - 1 = {len(strides) - 1} boundaries, got {sizes_of_interest!r}."
@@ -135,8 +217,23 @@ def fcos_match(gt_boxes, gt_labels, locations, levels, strides=(8, 16, 32, 64, 1
 
 
 def gather_matches(values, matched_gt, fill_value=0):
-    """Per-anchor targets: ``values [B, M, ...]`` gathered at ``matched_gt [B, N]`` -> ``[B, N, ...]``,
-    ``fill_value`` where ``matched_gt < 0`` (also unbatched ``[M, ...]``, ``[N]``)."""
+    """Per-anchor targets: ``values`` gathered at ``matched_gt``, ``fill_value`` where it is ``< 0``.
+
+    Args:
+        values: ``[B, M, ...]`` per-ground-truth values (boxes, labels, ...), or ``[M, ...]``.
+        matched_gt: ``[B, N]`` (or ``[N]``) indices from a matcher, ``-1`` for unmatched.
+        fill_value: value of unmatched anchors (default 0).
+
+    Returns: ``[B, N, ...]`` (or ``[N, ...]``), ``values``'s dtype.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import gather_matches
+    >>> labels = np.array([3, 7])
+    >>> keras.ops.convert_to_numpy(gather_matches(labels, np.array([1, -1, 0]))).tolist()
+    [7, 0, 3]
+    """
     values = ops.convert_to_tensor(values)
     matched_gt = ops.convert_to_tensor(matched_gt)
     if len(matched_gt.shape) == 1:

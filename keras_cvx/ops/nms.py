@@ -215,6 +215,7 @@ def non_max_suppression(boxes, scores, max_output_size, iou_threshold=0.5, score
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.ops import non_max_suppression
     >>> boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]], "float32")
     >>> indices, count = non_max_suppression(boxes, np.array([0.9, 0.8, 0.7], "float32"), 3)
     >>> [int(i) for i in indices], int(count)
@@ -248,6 +249,7 @@ def class_aware_non_max_suppression(boxes, scores, classes, max_output_size, iou
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.ops import class_aware_non_max_suppression
     >>> same = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], "float32")
     >>> indices, _ = class_aware_non_max_suppression(same, np.array([0.9, 0.8], "float32"), [0, 1], 2)
     >>> [int(i) for i in indices]

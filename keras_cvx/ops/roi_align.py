@@ -169,16 +169,24 @@ def _detectron_axis(position, size, grid):
 
 
 def bilinear_sample(features, y, x):
-    """Bilinear samples of ``features [B, H, W, C]`` at points ``y, x`` of shape ``[B, ...]``
-    (feature-map pixel units, pixel centres at integers) -> ``[B, ..., C]``.
+    """Bilinear samples of ``features`` at points ``(y, x)`` with Detectron2's border rule.
 
-    Detectron2 border rule: 0 where ``y < -1``, ``y > H``, ``x < -1`` or ``x > W``; otherwise the
-    point is clamped into the map. Differentiable in ``features`` (exact scatter-add) and in
-    ``y, x`` (the slope of the interpolation; 0 where the point is clamped or outside).
+    The sampling of RoIAlign ("Mask R-CNN", K. He et al., https://arxiv.org/abs/1703.06870,
+    Sec. 3): 0 where ``y < -1``, ``y > H``, ``x < -1`` or ``x > W``; otherwise the point is
+    clamped into the map. Differentiable in ``features`` (exact scatter-add) and in ``y, x``
+    (the slope of the interpolation; 0 where the point is clamped or outside).
+
+    Args:
+        features: ``[B, H, W, C]``.
+        y, x: ``[B, ...]`` point coordinates in feature-map pixel units (pixel centres at
+            integers).
+
+    Returns: ``[B, ..., C]`` in ``features``'s dtype.
 
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.ops import bilinear_sample
     >>> features = np.arange(6, dtype="float32").reshape(1, 2, 3, 1)
     >>> float(bilinear_sample(features, np.array([[0.5]]), np.array([[1.0]]))[0, 0, 0])
     2.5
@@ -361,6 +369,7 @@ def roi_align(features, boxes, output_size, spatial_scale, sampling_ratio=2, ali
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.ops import roi_align
     >>> features = np.ones((1, 8, 8, 3), "float32")
     >>> boxes = np.array([[[0, 0, 16, 16], [8, 8, 32, 24]]], "float32")
     >>> tuple(roi_align(features, boxes, 2, spatial_scale=0.25).shape)
@@ -390,6 +399,7 @@ def fpn_level(boxes, min_level=2, max_level=5, canonical_size=224.0, canonical_l
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.ops import fpn_level
     >>> [int(k) for k in fpn_level(np.array([[0, 0, 100, 100], [0, 0, 500, 500]], "float32"))]
     [2, 5]
     """
@@ -425,6 +435,7 @@ def multilevel_roi_align(features, boxes, output_size, min_level=2, sampling_rat
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.ops import multilevel_roi_align
     >>> pyramid = [np.ones((1, 64 // 2**k, 64 // 2**k, 2), "float32") for k in range(2, 6)]
     >>> boxes = np.array([[[0, 0, 40, 40], [0, 0, 250, 250]]], "float32")
     >>> tuple(multilevel_roi_align(pyramid, boxes, 7).shape)

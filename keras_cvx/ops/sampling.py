@@ -20,10 +20,34 @@ from keras_cvx.validation import require_positive_int, require_unit_interval
 
 
 def sample_balanced(labels, num_samples, positive_fraction=0.5, seed=None):
-    """Samples from ``labels [N]`` or ``[B, N]``.
+    """Fixed-size balanced sample of positives and negatives, per image.
 
-    Returns ``(indices, sampled_labels)``, int32 ``[num_samples]`` / ``[B, num_samples]``:
+    Paper: "Faster R-CNN", S. Ren et al., https://arxiv.org/abs/1506.01497, Sec. 3.1.3 (256
+    anchors per image, up to half positive; the RPN and the TSD box head use it):
+    ``P = min(#positives, ⌊num_samples · positive_fraction⌋)`` positives, then
+    ``Q = min(#negatives, num_samples − P)`` negatives, uniformly without replacement, then
+    ``-1`` padding (static shape; module docstring).
+
+    Args:
+        labels: ``[N]`` or ``[B, N]``: 1 positive, 0 negative, -1 ignored.
+        num_samples: output slots per image.
+        positive_fraction: largest fraction of positives (default 0.5).
+        seed: an int or a ``keras.random.SeedGenerator`` (inside a layer, pass its generator so
+            each call draws new samples); the same int seed gives the same samples.
+
+    Returns: ``(indices, sampled_labels)``, int32 ``[num_samples]`` / ``[B, num_samples]``:
     indices into ``N`` (``-1`` for unused slots) and their labels (1, 0, or -1 for unused slots).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import sample_balanced
+    >>> labels = np.array([1, 0, 0, 0, 0, 0, -1, 1])
+    >>> indices, sampled = sample_balanced(labels, num_samples=4, positive_fraction=0.25, seed=0)
+    >>> keras.ops.convert_to_numpy(sampled).tolist()      # 1 positive (4 · 0.25), 3 negatives
+    [1, 0, 0, 0]
+    >>> bool(np.all(labels[keras.ops.convert_to_numpy(indices)] == keras.ops.convert_to_numpy(sampled)))
+    True
     """
     require_positive_int("num_samples", num_samples)
     require_unit_interval("positive_fraction", positive_fraction, include_one=True)

@@ -46,8 +46,29 @@ def _interpolate_axis(x, axis, factor):
 
 
 def aligned_bilinear(x, factor, method="matmul"):
-    """Up-samples ``x [B, H, W, C]`` to ``[B, f H, f W, C]`` as CondInst does (``method``
-    ``"matmul"`` or ``"gather"``, same values; see the module docstring)."""
+    """Up-samples ``x`` by an integer factor as CondInst's ``aligned_bilinear`` does.
+
+    Paper: "Conditional Convolutions for Instance Segmentation", Z. Tian et al.,
+    https://arxiv.org/abs/2003.05664; AdelaiDet's ``adet/utils/comm.py`` ``aligned_bilinear``:
+    along each axis of length h, ``out[k]`` interpolates the input at
+    ``clamp((k − ⌊f / 2⌋) / f, 0, h − 1)`` (module docstring).
+
+    Args:
+        x: ``[B, H, W, C]``.
+        factor: integer ``f`` (1 returns ``x``).
+        method: ``"matmul"`` (default; one static interpolation matrix per axis) or
+            ``"gather"`` (two taps per output position; cheaper for large outputs), same values.
+
+    Returns: ``[B, f H, f W, C]`` in ``x``'s dtype.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import aligned_bilinear
+    >>> x = np.array([0.0, 1.0], "float32").reshape(1, 1, 2, 1)
+    >>> keras.ops.convert_to_numpy(aligned_bilinear(x, 2))[0, :, :, 0].tolist()
+    [[0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.5, 1.0]]
+    """
     factor = require_positive_int("factor", factor)
     if method not in ("matmul", "gather"):
         raise ValueError(f"`method` must be 'matmul' or 'gather', got {method!r}.")

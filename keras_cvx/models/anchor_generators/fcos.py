@@ -29,6 +29,7 @@ class FCOSLocations:
 
     Example:
 
+    >>> from keras_cvx.models import FCOSLocations
     >>> locations, levels = FCOSLocations()((64, 64))
     >>> locations.shape, locations[0].tolist(), int(levels[-1])
     ((86, 2), [4.0, 4.0], 4)

@@ -34,6 +34,7 @@ class FPNAnchorGenerator:
 
     Example:
 
+    >>> from keras_cvx.models.anchor_generators import FPNAnchorGenerator
     >>> FPNAnchorGenerator()((64, 64)).shape
     (1023, 4)
     """

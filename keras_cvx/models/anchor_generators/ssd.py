@@ -55,6 +55,7 @@ class SSDAnchorGenerator:
 
     Example:
 
+    >>> from keras_cvx.models.anchor_generators import SSDAnchorGenerator
     >>> generator = SSDAnchorGenerator()
     >>> generator(300, (38, 19, 10, 5, 3, 1)).shape
     (8732, 4)

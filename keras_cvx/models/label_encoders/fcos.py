@@ -88,6 +88,7 @@ class FCOSLabelEncoder:
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.models import FCOSLabelEncoder
     >>> from keras_cvx.models.anchor_generators import FCOSLocations
     >>> locations, levels = FCOSLocations()((64, 64))
     >>> targets = FCOSLabelEncoder()(np.array([[[8, 8, 40, 40]]], "float32"), np.array([[2]]),

@@ -36,6 +36,7 @@ class SSDLabelEncoder:
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.models.label_encoders import SSDLabelEncoder
     >>> anchors = np.array([[0, 0, 10, 10], [20, 20, 40, 40]], "float32")
     >>> targets = SSDLabelEncoder()(np.array([[[21, 19, 41, 40]]], "float32"), np.array([[4]]), anchors)
     >>> np.asarray(targets["class_targets"]).tolist()

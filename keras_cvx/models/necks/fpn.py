@@ -66,6 +66,7 @@ class FeaturePyramid(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.models import FeaturePyramid
     >>> fpn = FeaturePyramid(channels=8, min_level=3, max_level=7)
     >>> maps = {f"C{l}": np.ones((1, 64 >> l, 64 >> l, 4), "float32") for l in (3, 4, 5)}
     >>> {k: tuple(v.shape) for k, v in fpn(maps).items()}["P7"]
