@@ -25,8 +25,17 @@ named as TF Model Garden's detection contract:
 - ``num_detections`` int32 ``[B]``.
 - ``image_info`` float32 ``[B, 4, 2]``: Model Garden's ``[[H, W], [out_h, out_w],
   [scale_y, scale_x], [0, 0]]`` per image.
-- ``detection_masks`` float32 ``[B, N, h, w]`` for instance models, as ``predict_step``
-  returns them (in the model's frame; ``image_info`` maps them to the original image).
+- ``detection_masks`` float32 ``[B, N, h, w]`` for instance models. Full-image masks (masks
+  whose ``h, w`` are the model's ``image_size``, as ``CondInst`` returns) are mapped to the
+  original image: cropped to the resized image inside the padded input, resized bilinearly
+  to the original ``H x W`` and thresholded at 0.5 -> 0/1 at the original resolution,
+  ``[B, N, H, W]`` (``image_bytes``: the largest ``H, W`` of the batch, each image's masks
+  zero-padded at the bottom/right). We keep full-image masks rather than Model Garden's
+  box-cropped ``[N, 28, 28]`` masks because CondInst's masks are not tied to their boxes
+  (AdelaiDet does not crop them either) and a client then needs no paste-back step. Other
+  masks (e.g. at a stride of the input) are returned as ``predict_step`` gives them, in the
+  model's frame (``image_info`` maps them to the original image). ``mask_resolution``
+  chooses: ``"auto"`` (default, as just said), ``"original"`` or ``"model"``.
 
 Requests are checked inside the graph: an empty batch, an image with zero height or
 width, or bytes that do not decode raise ``InvalidArgumentError`` with a message saying
@@ -74,10 +83,11 @@ class _Serving:
     """The two signature bodies over one model (a plain object; ``ExportArchive`` tracks the
     model and saves the ``tf.function`` endpoints)."""
 
-    def __init__(self, model, image_size, normalized_coordinates):
+    def __init__(self, model, image_size, normalized_coordinates, mask_resolution="auto"):
         self.model = model
         self.image_size = image_size
         self.normalized_coordinates = normalized_coordinates
+        self.mask_resolution = mask_resolution
 
     def detect_images(self, images):
         images = _checked(images, 4, 3, "`images` must be uint8 [batch, height, width, 3]")
@@ -134,11 +144,38 @@ class _Serving:
             "image_info": image_info,
         }
         if "masks" in outputs:
-            result["detection_masks"] = tf.cast(outputs["masks"], tf.float32)
+            masks = tf.cast(outputs["masks"], tf.float32)
+            full_image = tuple(masks.shape[-2:]) == tuple(self.image_size)
+            if self.mask_resolution == "original" or (self.mask_resolution == "auto" and full_image):
+                masks = _masks_to_original(masks, scales, sizes, self.image_size)
+            result["detection_masks"] = masks
         return result
 
 
-def export_saved_model(model, path, image_size, normalized_coordinates=True):
+def _masks_to_original(masks, scales, sizes, image_size):
+    """Full-image masks ``[B, N, out_h, out_w]`` of the padded model input -> 0/1 float32
+    ``[B, N, max H, max W]`` at each image's original size (zero-padded to the batch's largest)."""
+    if tuple(masks.shape[-2:]) != tuple(image_size):
+        raise ValueError(f"mask_resolution='original' needs masks of the input size {image_size}, got {masks.shape}.")
+    sizes = tf.cast(sizes, tf.int32)
+    max_h, max_w = tf.reduce_max(sizes[:, 0]), tf.reduce_max(sizes[:, 1])
+
+    def one(args):
+        image_masks, scale, size = args
+        original = tf.cast(size, tf.float32)
+        # the resized image's extent inside the padded input, as transforms.resize_and_pad rounds it
+        new_h = tf.clip_by_value(tf.cast(tf.round(original[0] * scale), tf.int32), 1, image_size[0])
+        new_w = tf.clip_by_value(tf.cast(tf.round(original[1] * scale), tf.int32), 1, image_size[1])
+        cropped = image_masks[:, :new_h, :new_w, None]
+        resized = tf.image.resize(cropped, size, method="bilinear")[..., 0]
+        binary = tf.cast(resized >= 0.5, tf.float32)
+        return tf.pad(binary, [[0, 0], [0, max_h - size[0]], [0, max_w - size[1]]])
+
+    return tf.map_fn(one, (masks, scales, sizes),
+                     fn_output_signature=tf.TensorSpec([masks.shape[1], None, None], tf.float32))
+
+
+def export_saved_model(model, path, image_size, normalized_coordinates=True, mask_resolution="auto"):
     """Writes ``model`` as a SavedModel with the ``serving_default`` and ``image_bytes``
     signatures (see the module docstring) and returns ``path``.
 
@@ -148,7 +185,12 @@ def export_saved_model(model, path, image_size, normalized_coordinates=True):
         image_size: ``(height, width)``, the model's fixed input size.
         normalized_coordinates: ``detection_boxes`` normalised to ``[0, 1]`` (default) or
             in original-image pixels; ``[ymin, xmin, ymax, xmax]`` either way.
+        mask_resolution: ``detection_masks`` at the original image size (``"original"``; the
+            model's masks must cover its whole input), as ``predict_step`` returns them
+            (``"model"``), or ``"auto"`` (default): original for full-image masks.
     """
+    if mask_resolution not in ("auto", "original", "model"):
+        raise ValueError(f"`mask_resolution` must be 'auto', 'original' or 'model', got {mask_resolution!r}.")
     if (
         not isinstance(image_size, (tuple, list))
         or len(image_size) != 2
@@ -158,7 +200,7 @@ def export_saved_model(model, path, image_size, normalized_coordinates=True):
     image_size = tuple(image_size)
     if not model.built:
         raise ValueError("`model` must be built (call it once on a batch) before export.")
-    serving = _Serving(model, image_size, bool(normalized_coordinates))
+    serving = _Serving(model, image_size, bool(normalized_coordinates), mask_resolution)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(

@@ -81,6 +81,7 @@ from keras_cvx.losses.iou import ltrb_iou_loss
 from keras_cvx.losses.replicas import normalized_sum, replica_share
 from keras_cvx.models.anchor_generators.fcos import FCOSLocations
 from keras_cvx.models.backbones.resnet import ResNet
+from keras_cvx.models.backbones.vgg import scaled_channels
 from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder, mask_centers
 from keras_cvx.models.necks.fpn import FeaturePyramid
 from keras_cvx.ops.boxes import clip_boxes
@@ -121,10 +122,12 @@ class CondInst(keras.Model):
         num_classes: object classes K (no background column).
         image_size: ``(height, width)`` of the (padded) input, multiples of 32; default (800, 800).
         backbone: ``"resnet50"`` (default), ``"resnet10"``, ``"resnet18"``, ``"resnet34"``,
-            ``"resnet101"`` (``keras_cvx.models.ResNet``), or a ``keras.Model`` taking
+            ``"resnet101"`` (``keras_cvx.models.ResNet``), a ``keras.Model`` taking
             ``[B, H, W, 3]`` (RGB minus ``pixel_mean``) and returning a dict with ``"C3"``, ``"C4"``,
-            ``"C5"`` at strides 8, 16, 32.
-        backbone_width: width multiplier of a named ResNet (base width 64 x it); default 1.
+            ``"C5"`` at strides 8, 16, 32, or such a model serialized
+            (``keras.saving.serialize_keras_object``; the config stores the backbone that way).
+        width_multiplier: width multiplier of a named ResNet (base width 64 x it, at least 8;
+            as ``SSDNet``'s); default 1.
         neck: ``FeaturePyramid`` with P3..P7 (default ``FeaturePyramid(256, 3, 7, "conv")``).
         head: an ``FCOSHead`` with ``return_box_features=True`` (default: 4 convs, 5 levels).
         controller: ``CondInstController`` (default: ``mask_head.num_params`` outputs).
@@ -148,7 +151,7 @@ class CondInst(keras.Model):
     Example:
 
     >>> import numpy as np
-    >>> model = CondInst(3, image_size=64, backbone="resnet10", backbone_width=0.125,
+    >>> model = CondInst(3, image_size=64, backbone="resnet10", width_multiplier=0.125,
     ...                  neck=FeaturePyramid(16), head=FCOSHead(3, groups=4, return_box_features=True),
     ...                  mask_branch=CondInstMaskBranch(16), decoder=FCOSDecoder(max_detections=5))
     >>> out = model.predict_step(np.zeros((1, 64, 64, 3), "float32"))
@@ -156,7 +159,7 @@ class CondInst(keras.Model):
     ((1, 5, 64, 64), (1, 5, 4))
     """
 
-    def __init__(self, num_classes, image_size=(800, 800), backbone="resnet50", backbone_width=1.0, neck=None,
+    def __init__(self, num_classes, image_size=(800, 800), backbone="resnet50", width_multiplier=1.0, neck=None,
                  head=None, controller=None, mask_branch=None, mask_head=None, anchor_generator=None,
                  label_encoder=None, decoder=None, semantic_loss=False, max_proposals=500, mask_threshold=0.5,
                  pixel_mean=IMAGENET_MEAN, seed=None, **kwargs):
@@ -164,7 +167,7 @@ class CondInst(keras.Model):
         self.num_classes = require_positive_int("num_classes", int(num_classes) if isinstance(
             num_classes, np.integer) else num_classes)
         self.image_size = _image_size(image_size)
-        self.backbone_width = require_positive("backbone_width", backbone_width)
+        self.width_multiplier = require_positive("width_multiplier", width_multiplier)
         self.semantic_loss = bool(semantic_loss)
         self.max_proposals = require_positive_int("max_proposals", max_proposals)
         if not 0.0 < float(mask_threshold) < 1.0:
@@ -176,15 +179,14 @@ class CondInst(keras.Model):
         self.seed = seed
 
         height, width = self.image_size
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
         if isinstance(backbone, str):
             if backbone not in RESNET_DEPTHS:
                 raise ValueError(f"`backbone` must be one of {sorted(RESNET_DEPTHS)} or a keras.Model, got {backbone!r}.")
-            self._backbone_name = backbone
             backbone = ResNet(RESNET_DEPTHS[backbone], include_top=False, input_shape=(height, width, 3),
-                              base_width=max(8, int(round(64 * self.backbone_width))))
-        elif isinstance(backbone, keras.Model):
-            self._backbone_name = None
-        else:
+                              base_width=scaled_channels(64, self.width_multiplier))
+        elif not isinstance(backbone, keras.Model):
             raise ValueError(f"`backbone` must be one of {sorted(RESNET_DEPTHS)} or a keras.Model, got {backbone!r}.")
         self.backbone = backbone
         outputs = backbone.output if hasattr(backbone, "output") else None
@@ -232,14 +234,14 @@ class CondInst(keras.Model):
         """Builds every part from the static shapes (done by ``__init__``)."""
         if self.built:
             return
-        self.neck.build(self._backbone_shapes)
         pyramid = [self._pyramid_shapes[f"P{l}"] for l in range(3, 8)]
-        self.head.build(pyramid)
-        self.controller.build(pyramid)
-        self.mask_branch.build(pyramid[:3])
-        self.mask_head.build(self.mask_branch.compute_output_shape(pyramid[:3]))
+        parts = [(self.neck, self._backbone_shapes), (self.head, pyramid), (self.controller, pyramid),
+                 (self.mask_branch, pyramid[:3]), (self.mask_head, self.mask_branch.compute_output_shape(pyramid[:3]))]
         if self.semantic_head is not None:
-            self.semantic_head.build(pyramid[0])
+            parts.append((self.semantic_head, pyramid[0]))
+        for part, shape in parts:
+            if not part.built:  # parts deserialized from a config arrive built (their build_config)
+                part.build(shape)
         self.built = True
 
     def call(self, images, training=None):
@@ -413,7 +415,7 @@ class CondInst(keras.Model):
         serialize = keras.saving.serialize_keras_object
         config.update(
             num_classes=self.num_classes, image_size=list(self.image_size),
-            backbone=self._backbone_name or serialize(self.backbone), backbone_width=self.backbone_width,
+            backbone=serialize(self.backbone), width_multiplier=self.width_multiplier,
             neck=serialize(self.neck), head=serialize(self.head), controller=serialize(self.controller),
             mask_branch=serialize(self.mask_branch), mask_head=serialize(self.mask_head),
             anchor_generator=serialize(self.anchor_generator), label_encoder=serialize(self.label_encoder),
@@ -424,7 +426,4 @@ class CondInst(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = copy.deepcopy(config)
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**copy.deepcopy(config))  # deserialization consumes the nested dicts

@@ -1,0 +1,356 @@
+"""Tests for keras_cvx.models.condinst.CondInst on tiny configurations (64x64 input, a
+Functional backbone of five stride-2 convs, 8-channel FPN, one conv per tower): the loss terms
+against a NumPy CondInst loss (FCOS targets with mask centres of mass, focal, GIoU with +1,
+center-ness BCE, dice of the NumPy dynamic heads), the ``predict_step`` contract (masks of the
+kept detections from NumPy dynamic heads, x4 aligned_bilinear, threshold 0.5), the config and
+``.keras`` round trip (backbone serialised), the Trainer under XLA and under MirroredStrategy
+on 2 logical CPUs against a hand-written step, and SavedModel export (boxes, and masks mapped
+to the original image against a NumPy crop / bilinear resize / threshold)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_cvx.heads.condinst import CondInstMaskBranch
+from keras_cvx.heads.fcos import FCOSHead
+from keras_cvx.layers.fcos_decoder import FCOSDecoder
+from keras_cvx.models.condinst import CondInst
+from keras_cvx.models.necks.fpn import FeaturePyramid
+from tests.layers.test_dynamic_mask_head import numpy_dynamic_head
+from tests.losses.test_dice import numpy_dice
+from tests.losses.test_focal import numpy_focal
+from tests.losses.test_iou import numpy_loss as numpy_iou_loss
+from tests.models.label_encoders.test_fcos import numpy_fcos_targets
+from tests.numpy_layers import aligned_bilinear
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIZE = 64
+NUM_CLASSES = 3
+
+
+def tiny_backbone(width=8):
+    """64x64 -> {"C3": 8x8, "C4": 4x4, "C5": 2x2} (five stride-2 convs)."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x, outputs = inputs / 64.0, {}
+    for level in range(1, 6):
+        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", activation="relu", name=f"conv{level}")(x)
+        if level >= 3:
+            outputs[f"C{level}"] = x
+    return keras.Model(inputs, outputs, name="tiny_backbone")
+
+
+def tiny_model(seed=0, max_detections=10, **kwargs):
+    """A CondInst of 64x64 inputs (86 FCOS locations); class logits biased to 0 so that
+    untrained detections pass the 0.05 threshold, and larger controller weights so that the
+    untrained masks are not all near probability 0.5."""
+    keras.utils.set_random_seed(seed)
+    kwargs.setdefault("backbone", tiny_backbone())
+    model = CondInst(NUM_CLASSES, image_size=SIZE, neck=FeaturePyramid(8),
+                     head=FCOSHead(NUM_CLASSES, num_convs=1, groups=4, return_box_features=True),
+                     mask_branch=CondInstMaskBranch(8, num_convs=1),
+                     decoder=FCOSDecoder(max_detections=max_detections), max_proposals=64, seed=seed, **kwargs)
+    rng = np.random.default_rng(seed)
+    model.head.class_conv.bias.assign(np.zeros(NUM_CLASSES, "float32"))
+    kernel = model.controller.conv.kernel
+    kernel.assign(rng.normal(0, 0.3, kernel.shape).astype("float32"))
+    return model
+
+
+def tiny_data(batch=2, seed=0):
+    """Images and ground truth: boxes, labels (-1 padding), stride-4 masks (ellipses inside
+    the boxes) of 1..3 objects per image."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (batch, SIZE, SIZE, 3)).astype("float32")
+    boxes = np.zeros((batch, 3, 4), "float32")
+    labels = np.full((batch, 3), -1, "int32")
+    masks = np.zeros((batch, 3, SIZE // 4, SIZE // 4), "uint8")
+    yy, xx = np.mgrid[0 : SIZE // 4, 0 : SIZE // 4] * 4.0 + 2.0  # stride-4 cell centres
+    for b in range(batch):
+        for m in range(1 + (b + seed) % 3):
+            w, h = rng.uniform(12, 56, 2)
+            x1, y1 = rng.uniform(0, SIZE - w), rng.uniform(0, SIZE - h)
+            boxes[b, m] = [x1, y1, x1 + w, y1 + h]
+            labels[b, m] = rng.integers(0, NUM_CLASSES)
+            masks[b, m] = ((xx - x1 - w / 2) / (w / 2)) ** 2 + ((yy - y1 - h / 2) / (h / 2)) ** 2 <= 1
+    return images, {"boxes": boxes, "labels": labels, "masks": masks}
+
+
+def to_numpy(structure):
+    return {k: np.asarray(ops.convert_to_numpy(v)) for k, v in structure.items()}
+
+
+def run(fn, *arrays):
+    """``fn(*arrays)`` as NumPy: eager under TensorFlow; under JAX one ``jax.jit`` (eager JAX
+    compiles every op separately, which takes minutes for a whole detector), stateless."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def stateless(*args):
+            with keras.StatelessScope():
+                return fn(*args)
+
+        return keras.tree.map_structure(lambda t: np.asarray(ops.convert_to_numpy(t)), jax.jit(stateless)(*arrays))
+    return keras.tree.map_structure(lambda t: np.asarray(ops.convert_to_numpy(t)), fn(*arrays))
+
+
+@pytest.fixture(scope="module")
+def model():
+    """One tiny model for the tests that do not change it (built once: under JAX every new
+    weight shape compiles its initializer)."""
+    return tiny_model(max_detections=10)
+
+
+# ---------------------------------------------------------------- NumPy CondInst loss
+
+def numpy_mask_centers(masks, boxes, stride=4):
+    """Centres of mass of the stride-4 masks at full resolution (each cell = stride x stride
+    pixels, integer pixel indices); the box centre for an empty mask."""
+    centers = np.zeros(masks.shape[:2] + (2,))
+    for b in range(masks.shape[0]):
+        for m in range(masks.shape[1]):
+            full = np.kron(masks[b, m], np.ones((stride, stride)))
+            ys, xs = np.nonzero(full)
+            x1, y1, x2, y2 = boxes[b, m]
+            centers[b, m] = [xs.mean(), ys.mean()] if len(xs) else [(x1 + x2) / 2, (y1 + y2) / 2]
+    return centers
+
+
+def numpy_condinst_loss(model, y, out):
+    """The four terms of CondInst's loss (arXiv 2003.05664 Sec. 3.3) from the raw outputs."""
+    locations, levels = np.asarray(model.locations), np.asarray(model.levels)
+    centers = numpy_mask_centers(y["masks"], y["boxes"])
+    labels, box_targets, ctr_targets = numpy_fcos_targets(y["boxes"].astype(np.float64), y["labels"], locations,
+                                                          levels, centers)
+    positive = labels >= 0
+    num_pos = max(positive.sum(), 1)
+    one_hot = np.zeros(out["class_logits"].shape)
+    b_idx, n_idx = np.nonzero(positive)
+    one_hot[b_idx, n_idx, labels[positive]] = 1
+    terms = {"loss_cls": numpy_focal(one_hot, out["class_logits"]).sum() / num_pos}
+    giou = numpy_iou_loss(box_targets[positive], out["box_regression"][positive], "giou")
+    terms["loss_box"] = (giou * ctr_targets[positive]).sum() / max(ctr_targets[positive].sum(), 1.0)
+    z = out["centerness_logits"][positive].astype(np.float64)
+    t = ctr_targets[positive]
+    terms["loss_ctr"] = (np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).sum() / num_pos
+    # every positive is a mask instance (fewer than max_proposals); its target is the mask of
+    # the ground truth it was assigned: the one whose (l, t, r, b) / stride is its box target
+    gts = []
+    for b, n in zip(b_idx, n_idx):
+        x, yy = locations[n]
+        stride = model.anchor_generator.strides[levels[n]]
+        distances = np.stack([x - y["boxes"][b, :, 0], yy - y["boxes"][b, :, 1], y["boxes"][b, :, 2] - x,
+                              y["boxes"][b, :, 3] - yy], -1) / stride
+        match = np.flatnonzero(np.all(np.abs(distances - box_targets[b, n]) < 1e-5, -1) & (y["labels"][b] >= 0))
+        assert len(match) == 1
+        gts.append(y["masks"][b, match[0]])
+    logits = numpy_dynamic_head(out["mask_features"], out["mask_params"][b_idx, n_idx], locations[n_idx],
+                                levels[n_idx], b_idx)
+    terms["loss_mask"] = numpy_dice(np.stack(gts), 1 / (1 + np.exp(-logits))).mean()
+    return terms, positive.sum()
+
+
+def test_loss_terms_match_numpy(model):
+    images, y = tiny_data(batch=2, seed=1)
+    empty = {"boxes": np.zeros((2, 3, 4), "float32"), "labels": np.full((2, 3), -1, "int32"),
+             "masks": np.zeros((2, 3, 16, 16), "uint8")}
+
+    def loss(images, y, empty):
+        out = model(images, training=True)
+        return out, model.loss_terms(y, out), model.loss_terms(empty, out)
+
+    out, terms, empty_terms = run(loss, images, y, empty)
+    assert out["mask_params"].shape == (2, model.num_locations, 169) and out["mask_features"].shape == (2, 8, 8, 8)
+    expected, num_positives = numpy_condinst_loss(model, y, out)
+    assert 0 < num_positives <= model.max_proposals
+    assert sorted(terms) == ["loss_box", "loss_cls", "loss_ctr", "loss_mask"]
+    for key, value in expected.items():
+        np.testing.assert_allclose(terms[key], value, rtol=1e-4, err_msg=key)
+    # no ground truth at all: finite, and the box, center-ness and mask terms are 0
+    assert all(np.isfinite(list(empty_terms.values())))
+    assert empty_terms["loss_mask"] == empty_terms["loss_box"] == empty_terms["loss_ctr"] == 0.0
+    if keras.backend.backend() == "tensorflow":  # eager: the Keras metrics of the terms are updated
+        total = float(model.compute_loss(images, y, {k: ops.convert_to_tensor(v) for k, v in out.items()}))
+        np.testing.assert_allclose(total, sum(expected.values()), rtol=1e-4)
+        results = {m.name: float(m.result()) for m in model.metrics if m.name in terms}
+        assert results == pytest.approx({k: float(v) for k, v in terms.items()}, rel=1e-5)
+
+
+def test_mask_loss_samples_at_most_max_proposals(model, monkeypatch):
+    monkeypatch.setattr(model, "max_proposals", 3)
+    positive = np.zeros((2, model.num_locations), bool)
+    positive[0, [3, 9, 40]] = positive[1, [0, 85]] = True
+    index, valid = (np.asarray(ops.convert_to_numpy(t)) for t in model.sample_instances(positive))
+    assert index.shape == (3,) and valid.all()
+    assert set(index.tolist()) <= {3, 9, 40, model.num_locations, model.num_locations + 85}
+    assert len(set(index.tolist())) == 3
+    few = np.zeros_like(positive)
+    few[1, 7] = True
+    index, valid = (np.asarray(ops.convert_to_numpy(t)) for t in model.sample_instances(few))
+    assert valid.tolist() == [True, False, False] and index[0] == model.num_locations + 7
+
+
+def test_predict_step_contract_and_masks_match_numpy(model):
+    images, _ = tiny_data(batch=2, seed=2)
+    strides = np.asarray(model.anchor_generator.strides, np.float32)[np.asarray(model.levels)]
+
+    def predict(images):
+        raw = model(images, training=False)
+        decoded = model.decoder(raw["class_logits"], raw["box_regression"] * strides[:, None],
+                                raw["centerness_logits"], model.locations, level_sizes=model.level_sizes)
+        return model.predict_step(images), raw, decoded
+
+    out, raw, decoded = run(predict, images)
+    assert {k: v.shape for k, v in out.items()} == {"boxes": (2, 10, 4), "scores": (2, 10), "classes": (2, 10),
+                                                    "num_detections": (2,), "masks": (2, 10, SIZE, SIZE)}
+    assert out["masks"].dtype == np.uint8 and set(np.unique(out["masks"])) <= {0, 1}
+    np.testing.assert_allclose(out["boxes"], np.clip(decoded["boxes"], 0, SIZE), atol=1e-5)
+    np.testing.assert_array_equal(out["classes"], decoded["classes"])
+    locations, levels = np.asarray(model.locations), np.asarray(model.levels)
+    for b in range(2):
+        n = out["num_detections"][b]
+        assert n > 0 and np.all(out["masks"][b, n:] == 0) and np.all(out["classes"][b, n:] == -1)
+        index = decoded["locations"][b, :n]
+        logits = numpy_dynamic_head(raw["mask_features"], raw["mask_params"][b, index], locations[index],
+                                    levels[index], np.full(n, b))
+        probabilities = aligned_bilinear(np.transpose(1 / (1 + np.exp(-logits)), (1, 2, 0))[None], 4)[0]
+        expected = np.transpose(probabilities > 0.5, (2, 0, 1))
+        margin = np.abs(np.transpose(probabilities, (2, 0, 1)) - 0.5) > 1e-4  # away from the threshold
+        np.testing.assert_array_equal(out["masks"][b, :n][margin], expected[margin])
+        assert 0 < expected.mean() < 1  # masks neither empty nor full
+
+
+def test_config_and_keras_round_trip(tmp_path):
+    model = tiny_model(max_detections=6, mask_threshold=0.4, pixel_mean=(1.0, 2.0, 3.0))
+    config = model.get_config()
+    for key in ("num_classes", "image_size", "backbone", "width_multiplier", "neck", "head", "controller",
+                "mask_branch", "mask_head", "anchor_generator", "label_encoder", "decoder", "semantic_loss",
+                "max_proposals", "mask_threshold", "pixel_mean", "seed"):
+        assert key in config, key
+    assert isinstance(config["backbone"], dict) and config["backbone"]["config"]["name"] == "tiny_backbone"
+    json.dumps(config)
+    revived = CondInst.from_config(config)
+    assert revived.get_config() == config
+    images, _ = tiny_data(batch=2, seed=3)
+    path = str(tmp_path / "condinst.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(restored, CondInst) and restored.decoder.max_detections == 6 and restored.mask_threshold == 0.4
+    assert len(restored.weights) == len(model.weights)
+    for a, b in zip(restored.weights, model.weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b), err_msg=b.path)
+    expected, got = run(model.predict_step, images), run(restored.predict_step, images)
+    assert expected["num_detections"].min() > 0 and expected["masks"].any()
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.tensorflow_only  # builds a ResNet-10; slow to initialise under JAX, and nothing backend-specific
+def test_named_backbone_width_multiplier_and_checks():
+    model = CondInst(NUM_CLASSES, image_size=(64, 96), backbone="resnet10", width_multiplier=0.125,
+                     neck=FeaturePyramid(8), head=FCOSHead(NUM_CLASSES, num_convs=1, groups=4,
+                                                           return_box_features=True),
+                     mask_branch=CondInstMaskBranch(8, num_convs=1))
+    config = model.get_config()
+    assert config["width_multiplier"] == 0.125 and isinstance(config["backbone"], dict)
+    assert model.backbone.get_layer(index=1) is not None
+    c3 = model.backbone.output["C3"]
+    assert tuple(c3.shape) == (None, 8, 12, 16)  # base width 64 x 0.125 = 8; C3 = 2 x 8 channels
+    assert CondInst.from_config(config).count_params() == model.count_params()
+    for kwargs, name in [({"image_size": 48}, "image_size"), ({"width_multiplier": 0}, "width_multiplier"),
+                         ({"backbone": "vgg16"}, "backbone"), ({"max_proposals": 0}, "max_proposals"),
+                         ({"mask_threshold": 1.0}, "mask_threshold")]:
+        with pytest.raises(ValueError, match=name):
+            CondInst(NUM_CLASSES, **{"backbone": tiny_backbone(), "image_size": 64, **kwargs})
+
+
+# ---------------------------------------------------------------- TensorFlow: Trainer, distribution, export
+
+@pytest.mark.tensorflow_only
+def test_trainer_step_under_xla_and_mirrored_equals_hand_written_step(tmp_path):
+    """``tests/models/condinst_steps.py`` in a fresh process (2 logical CPUs): one Trainer step
+    with XLA on batch A, and one under MirroredStrategy on [A, A], against an eager
+    GradientTape SGD step on A (see that file for why [A, A] on 2 replicas must equal A)."""
+    out = tmp_path / "steps.json"
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "tests.models.condinst_steps", str(out)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["replicas"] == 2 and 0 < result["positives"] <= 64
+    losses = result["losses"]
+    assert np.isfinite(losses["reference"]) and losses["reference"] > 0
+    assert losses["xla"] == pytest.approx(losses["reference"], rel=1e-4)
+    assert losses["mirrored"] == pytest.approx(losses["reference"], rel=1e-4)
+    # the step reaches every weight but the per-level box scales (ReLU(s x) is 0 at every
+    # positive at this initialisation, or the level has no positive)
+    assert all(path.startswith("fcos_head/scale") for path in result["unmoved"]), result["unmoved"]
+    for name in ("xla", "mirrored"):
+        assert result["weight_difference"][name] < 1e-4, name
+        assert result["state_difference"][name] < 1e-4, name
+
+
+def numpy_resize_bilinear(image, height, width):
+    """``tf.image.resize(..., "bilinear")`` (half-pixel centres, no antialiasing) of a 2-D map."""
+    image = np.asarray(image, np.float64)
+
+    def axis(values, size):
+        positions = (np.arange(size) + 0.5) * len(values) / size - 0.5
+        return np.interp(positions, np.arange(len(values)), values)  # clamps at the edges
+
+    rows = np.apply_along_axis(axis, 0, image, height)
+    return np.apply_along_axis(axis, 1, rows, width)
+
+
+def numpy_masks_to_original(masks, original_size, image_size=SIZE):
+    """Model-frame 0/1 masks [N, S, S] -> crop to the resized image, bilinear resize to the
+    original (H, W), values (thresholded at 0.5 by the caller)."""
+    h, w = original_size
+    scale = min(image_size / h, image_size / w)
+    new_h, new_w = int(np.round(h * scale)), int(np.round(w * scale))
+    return np.stack([numpy_resize_bilinear(m[:new_h, :new_w], h, w) for m in masks]), scale
+
+
+@pytest.mark.tensorflow_only
+def test_export_reload_same_boxes_and_masks_at_the_original_size(model, tmp_path):
+    import tensorflow as tf
+
+    from keras_cvx.data.transforms import resize_and_pad
+    from keras_cvx.export.saved_model import export_saved_model
+
+    rng = np.random.default_rng(8)
+    originals = [rng.integers(0, 256, (40, 56, 3)).astype("uint8"), rng.integers(0, 256, (64, 48, 3)).astype("uint8")]
+    path = export_saved_model(model, str(tmp_path / "condinst" / "1"), (SIZE, SIZE), normalized_coordinates=False)
+    loaded = tf.saved_model.load(path)
+    same_size = np.stack([originals[0], originals[0][::-1]])
+    served = {k: v.numpy() for k, v in loaded.signatures["serving_default"](images=tf.constant(same_size)).items()}
+    encoded = [tf.io.encode_png(image) for image in originals]
+    served_bytes = {k: v.numpy() for k, v in loaded.signatures["image_bytes"](image_bytes=tf.stack(encoded)).items()}
+    assert served["detection_masks"].shape == (2, 10, 40, 56)
+    assert served_bytes["detection_masks"].shape == (2, 10, 64, 56)  # the batch's largest H and W
+    cases = [(served, 0, same_size[0]), (served, 1, same_size[1]), (served_bytes, 0, originals[0]),
+             (served_bytes, 1, originals[1])]
+    for out, b, image in cases:
+        padded, _ = resize_and_pad(image, (SIZE, SIZE))
+        expected = to_numpy(model.predict_step(padded.numpy()[None]))
+        n = expected["num_detections"][0]
+        assert n > 0 and out["num_detections"][b] == n
+        resized, scale = numpy_masks_to_original(expected["masks"][0, :n], image.shape[:2])
+        h, w = image.shape[:2]
+        x1, y1, x2, y2 = (expected["boxes"][0, :n] / scale).T
+        boxes = np.stack([np.clip(y1, 0, h), np.clip(x1, 0, w), np.clip(y2, 0, h), np.clip(x2, 0, w)], -1)
+        np.testing.assert_allclose(out["detection_boxes"][b, :n], boxes, atol=1e-3)
+        np.testing.assert_allclose(out["detection_scores"][b, :n], expected["scores"][0, :n], atol=1e-5)
+        masks = out["detection_masks"][b]
+        assert set(np.unique(masks)) <= {0.0, 1.0}
+        away = np.abs(resized - 0.5) > 1e-4  # pixels exactly between two mask values may round either way
+        np.testing.assert_array_equal(masks[:n, :h, :w][away], (resized >= 0.5)[away])
+        assert away.mean() > 0.95 and masks[:n].any()
+        assert not masks[n:].any() and not masks[:, h:].any() and not masks[:, :, w:].any()
+    with pytest.raises(ValueError, match="mask_resolution"):
+        export_saved_model(model, str(tmp_path / "bad"), (SIZE, SIZE), mask_resolution="input")
