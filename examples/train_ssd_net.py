@@ -79,17 +79,17 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_cvx.data.coco import class_id_map, coco_dataset, load_coco
-from keras_cvx.data.shapes import synthetic_shapes
+from keras_cvx.data.cli import add_data_arguments, check_data_arguments, data_paths, dataset_classes
+from keras_cvx.data.coco import coco_dataset
 from keras_cvx.data.ssd_augment import ssd_coco_dataset, write_augmentation_grid
 from keras_cvx.data.tfrecord import tfrecord_dataset
 from keras_cvx.evaluation.coco_evaluator import STAT_NAMES, COCOEvaluator
+from keras_cvx.export.cli import add_output_arguments
 from keras_cvx.export.saved_model import export_saved_model
 from keras_cvx.models.backbones.vgg import convert_vgg16_weights
 from keras_cvx.models.ssd_net import BACKBONES, SSDNet
@@ -141,17 +141,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="SSD's published training recipe (see the module docstring); explicit flags win")
-    data = parser.add_argument_group("data")
-    data.add_argument("--train-json", help="COCO instances json of the training set")
-    data.add_argument("--val-json", help="COCO instances json of the validation set")
-    data.add_argument("--images", help="image folder of --train-json")
-    data.add_argument("--val-images", help="image folder of --val-json (default: --images)")
-    data.add_argument("--train-tfrecord", help="glob of Model Garden TFRecords (instead of --train-json/--images)")
-    data.add_argument("--max-instances", type=int, default=32, help="ground-truth boxes per image (padded)")
-    data.add_argument("--synthetic-dir", default=os.path.join(tempfile.gettempdir(), "keras_cvx_shapes"),
-                      help="cache folder of the synthetic dataset (used without --train-json/--train-tfrecord)")
-    data.add_argument("--synthetic-train-images", type=int, default=800)
-    data.add_argument("--synthetic-val-images", type=int, default=100)
+    data = add_data_arguments(parser, max_instances=32)
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONES, default="resnet10")
     model.add_argument("--image-size", type=int, default=160, help="square input size (300/512: SSD anchors)")
@@ -165,14 +155,9 @@ def parse_args(argv=None):
                       help="SSD's photometric/expand/min-IoU crop/flip/warp augmentation of the training images")
     data.add_argument("--eval-resize", choices=("warp", "letterbox"), default=None,
                       help="validation resize (default: warp with --ssd-augmentation, as SSD tests; else letterbox)")
-    output = parser.add_argument_group("output")
-    output.add_argument("--export-dir", default=os.path.join("saved_models", "ssd_net"))
-    output.add_argument("--export-version", type=int, default=1)
-    output.add_argument("--png", default=os.path.join("saved_models", "ssd_net", "predictions.png"),
-                        help="picture of validation predictions")
+    output = add_output_arguments(parser, "ssd_net")
     output.add_argument("--augmentation-png", default=os.path.join("saved_models", "ssd_net", "ssd_augmentation.png"),
                         help="SSD-augmented samples of the bundled photographs ('' to skip)")
-    output.add_argument("--results-json", default=None, help="write the final evaluation numbers here")
     if preset:
         parser.set_defaults(**PRESETS[preset]["flags"])
     args = parser.parse_args(argv)
@@ -184,26 +169,8 @@ def parse_args(argv=None):
         parser.error("--train-tfrecord has no SSD augmentation: add --no-ssd-augmentation (or use --train-json)")
     if args.backbone_weights == "imagenet" and (args.backbone != "vgg16" or args.width != 1.0):
         parser.error("--backbone-weights imagenet needs --backbone vgg16 and --width 1")
-    if bool(args.train_json) == bool(args.train_tfrecord) and (args.train_json or args.train_tfrecord):
-        parser.error("give either --train-json/--images or --train-tfrecord")
-    if args.train_json and not args.images:
-        parser.error("--train-json needs --images")
-    if (args.train_json or args.train_tfrecord) and not (args.val_json and (args.val_images or args.images)):
-        parser.error("real data needs --val-json and its image folder (--val-images or --images)")
+    check_data_arguments(parser, args)
     return args
-
-
-def synthetic_data(args):
-    """Writes (once) and returns ``(train_json, train_images, val_json, val_images)``."""
-    paths = []
-    for split, count, seed in (("train", args.synthetic_train_images, 0), ("val", args.synthetic_val_images, 1)):
-        folder = os.path.join(args.synthetic_dir, f"{split}_{count}_{args.image_size}_{seed}")
-        annotations = os.path.join(folder, "annotations.json")
-        if not os.path.exists(annotations):
-            synthetic_shapes(folder, num_images=count, image_size=(args.image_size, args.image_size),
-                             num_classes=5, max_objects=6, seed=seed)
-        paths += [annotations, os.path.join(folder, "images")]
-    return paths
 
 
 def evaluate(predict, dataset, coco):
@@ -237,15 +204,9 @@ def draw(predict, dataset, path, class_names, count=4, min_score=0.3):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.train_json or args.train_tfrecord:
-        train_json, train_images, val_json = args.train_json, args.images, args.val_json
-        val_images = args.val_images or args.images
-    else:
-        train_json, train_images, val_json, val_images = synthetic_data(args)
+    train_json, train_images, val_json, val_images = data_paths(args)
     size = (args.image_size, args.image_size)
-    val_coco = load_coco(val_json)
-    classes = class_id_map(val_coco)
-    class_names = [val_coco.cats[classes[k]]["name"] for k in sorted(classes)]
+    val_coco, classes, class_names = dataset_classes(val_json)
     if args.train_tfrecord:
         train = tfrecord_dataset(args.train_tfrecord, classes, size, args.max_instances, args.batch_size,
                                  training=True, seed=args.seed)

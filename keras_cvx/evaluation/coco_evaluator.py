@@ -68,12 +68,14 @@ class COCOEvaluator:
 
     def reset(self):
         self._boxes, self._segms, self._image_ids = [], [], set()
+        self._with_masks = False  # some update had masks: segm numbers even without a detection
 
     def update(self, image_info, predictions):
         """Adds one batch. ``image_info`` and ``predictions`` are dicts of tensors/arrays."""
         info = {k: np.asarray(v) for k, v in image_info.items()}
         preds = {_ALIASES.get(k, k): np.asarray(v) for k, v in predictions.items()}
         with_masks = "masks" in preds
+        self._with_masks |= with_masks
         for b in range(info["image_id"].shape[0]):
             image_id = int(info["image_id"][b])
             height, width = int(info["height"][b]), int(info["width"][b])
@@ -109,11 +111,12 @@ class COCOEvaluator:
         return (resized.numpy()[:, :height, :width, 0] >= 0.5).astype(np.uint8)
 
     def result(self):
-        """Dict of floats: ``bbox/AP`` ... ``bbox/ARl`` (and ``segm/...``), ``bbox/AP/<class>``
-        per class and ``bbox/AP_<group>`` per group. With no detections at all every value is 0."""
+        """Dict of floats: ``bbox/AP`` ... ``bbox/ARl`` (and ``segm/...`` when the predictions
+        had masks), ``bbox/AP/<class>`` per class and ``bbox/AP_<group>`` per group. With no
+        detections at all every value is 0."""
         results = {}
         for iou_type, detections in (("bbox", self._boxes), ("segm", self._segms)):
-            if iou_type == "segm" and not self._segms:
+            if iou_type == "segm" and not self._with_masks:
                 continue
             results.update(self._evaluate(iou_type, detections))
         return results

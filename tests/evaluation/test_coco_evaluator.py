@@ -140,6 +140,12 @@ def test_no_detections_give_zeros(shapes):
     evaluator.update(targets["image_info"], preds)
     result = evaluator.result()
     assert result["bbox/AP"] == 0.0 and "segm/AP" not in result
+    # a mask model without a detection: its segm numbers are 0 too (not missing)
+    evaluator.reset()
+    preds["masks"] = np.zeros((len(preds["boxes"]), preds["boxes"].shape[1], 40, 48), np.float32)
+    evaluator.update(targets["image_info"], preds)
+    result = evaluator.result()
+    assert result["segm/AP"] == 0.0 and result["segm/AR100"] == 0.0 and result["bbox/AP"] == 0.0
 
 
 def test_rejects_unknown_class_map(shapes):

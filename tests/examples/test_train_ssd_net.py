@@ -1,7 +1,6 @@
 """The whole example path of ``examples/train_ssd_net.py`` at test size: synthetic shapes ->
 Trainer (XLA) -> COCOEvaluator -> PNG -> SavedModel, then the exported model answers."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -9,15 +8,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.examples import loading
+
 
 
 def load_example():
-    path = os.path.join(REPO_ROOT, "examples", "train_ssd_net.py")
-    spec = importlib.util.spec_from_file_location("train_ssd_net", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return loading.load_example("train_ssd_net")
 
 
 def test_train_evaluate_draw_export(tmp_path, capsys):
