@@ -28,14 +28,17 @@ named as TF Model Garden's detection contract:
 - ``detection_masks`` float32 ``[B, N, h, w]`` for instance models. Full-image masks (masks
   whose ``h, w`` are the model's ``image_size``, as ``CondInst`` returns) are mapped to the
   original image: cropped to the resized image inside the padded input, resized bilinearly
-  to the original ``H x W`` and thresholded at 0.5 -> 0/1 at the original resolution,
+  to the original ``H x W`` and thresholded at 0.5 (``>= 0.5``) -> 0/1 at the original resolution,
   ``[B, N, H, W]`` (``image_bytes``: the largest ``H, W`` of the batch, each image's masks
   zero-padded at the bottom/right). We keep full-image masks rather than Model Garden's
   box-cropped ``[N, 28, 28]`` masks because CondInst's masks are not tied to their boxes
   (AdelaiDet does not crop them either) and a client then needs no paste-back step. Other
   masks (e.g. at a stride of the input) are returned as ``predict_step`` gives them, in the
   model's frame (``image_info`` maps them to the original image). ``mask_resolution``
-  chooses: ``"auto"`` (default, as just said), ``"original"`` or ``"model"``.
+  chooses: ``"auto"`` (default, as just said), ``"original"`` or ``"model"``. Difference from
+  CondInst's ``postprocess`` (arXiv 2003.05664 as released in AdelaiDet): that resizes the
+  mask probabilities and thresholds once; here the 0/1 masks of ``predict_step`` (thresholded
+  at the input resolution) are resized, so boundaries can move by up to one input pixel.
 
 Requests are checked inside the graph: an empty batch, an image with zero height or
 width, or bytes that do not decode raise ``InvalidArgumentError`` with a message saying

@@ -11,7 +11,6 @@ from PIL import Image
 from tests.examples import loading
 
 
-
 def load_example():
     return loading.load_example("train_ssd_net")
 
