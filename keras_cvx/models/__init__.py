@@ -1,6 +1,6 @@
 """Models: backbones, classifiers and detectors."""
 
-from keras_cvx.models.backbones import VGG16SSD, MobileNetV2, ResNet, feature_extractor
+from keras_cvx.models.backbones import VGG16SSD, Backbone, FeatureExtractor, MobileNetV2, ResNet
 from keras_cvx.models.complexity import count_macs, count_parameters
 from keras_cvx.models.digit_convnet import digit_convnet
 from keras_cvx.models.ssd_net import SSDNet

@@ -121,11 +121,11 @@ def check_input_shape(input_shape):
     return tuple(input_shape)
 
 
-def finish_model(inputs, features, include_top, num_classes, classifier_activation, name):
-    """The Functional model: the ``features`` dict (``include_top=False``) or the classifier's
+def model_outputs(features, include_top, num_classes, classifier_activation):
+    """A backbone's outputs: the ``features`` dict (``include_top=False``) or the classifier's
     output on ``features["C5"]``."""
     if not include_top:
-        return keras.Model(inputs, features, name=name)
+        return features
     require_positive_int("num_classes", num_classes)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features["C5"])
     x = keras.layers.Dense(
@@ -135,4 +135,4 @@ def finish_model(inputs, features, include_top, num_classes, classifier_activati
         dtype="float32",
         name="predictions",
     )(x)
-    return keras.Model(inputs, x, name=name)
+    return x

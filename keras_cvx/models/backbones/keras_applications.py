@@ -5,7 +5,7 @@ same ``{"C2", "C3", "C4", "C5"}`` dict outputs as ``ResNet(include_top=False)`` 
 Usage::
 
     base = keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=(640, 640, 3))
-    backbone = feature_extractor(base)            # outputs {"C2": (B,160,160,256), ..., "C5": (B,20,20,2048)}
+    backbone = FeatureExtractor(base)             # outputs {"C2": (B,160,160,256), ..., "C5": (B,20,20,2048)}
 
 Default layers (checked on the Keras 3.15 models; stride = input size / feature size):
 
@@ -37,6 +37,7 @@ Differences from this package's backbones that matter when swapping them:
 
 import keras
 
+from keras_cvx.models.backbones.backbone import Backbone
 from keras_cvx.models.backbones.building_blocks import FEATURE_NAMES
 
 FEATURE_LAYERS = {
@@ -60,30 +61,47 @@ def default_feature_layers(model_name):
     return dict(zip(FEATURE_NAMES, FEATURE_LAYERS[key]))
 
 
-def feature_extractor(application, feature_layers=None, name=None):
-    """A Functional model from ``application``'s input to the outputs of named layers.
+@keras.saving.register_keras_serializable(package="keras_cvx")
+class FeatureExtractor(Backbone):
+    """A ``Backbone`` from a ``keras.applications`` model's input to the outputs of named
+    layers (ImageNet-pretrained backbones for the detectors).
 
     Args:
-        application: a built ``keras.applications`` model (usually ``include_top=False``), or
-            any Functional model.
+        application: a built ``keras.applications`` model (usually ``include_top=False``) or
+            any Functional model, or its serialized form (as ``get_config`` stores it).
         feature_layers: ``{"C2": layer name, ..., "C5": layer name}`` (any keys); ``None``
             looks ``application.name`` up in ``FEATURE_LAYERS``.
-        name: name of the returned model (default ``"{application.name}_features"``).
+        name: model name (default ``"{application.name}_features"``).
 
-    Returns:
-        A ``keras.Model`` sharing ``application``'s layers and weights, whose output is the
-        dict of the named layers' outputs.
+    Outputs: the dict of the named layers' outputs; the layers and weights are
+    ``application``'s (shared, not copied).
+
+    Example:
+
+    >>> import keras
+    >>> base = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None)
+    >>> backbone = FeatureExtractor(base)
+    >>> {key: tuple(shape) for key, shape in backbone.compute_output_shape((1, 64, 64, 3)).items()}
+    {'C2': (1, 16, 16, 24), 'C3': (1, 8, 8, 32), 'C4': (1, 4, 4, 96), 'C5': (1, 2, 2, 1280)}
     """
-    if not isinstance(application, keras.Model):
-        raise ValueError(f"`application` must be a keras.Model, got {application!r}.")
-    if feature_layers is None:
-        feature_layers = default_feature_layers(application.name)
-    if not isinstance(feature_layers, dict) or not feature_layers:
-        raise ValueError(f"`feature_layers` must be a non-empty dict of output name -> layer name, got {feature_layers!r}.")
-    known = {layer.name for layer in application.layers}
-    missing = sorted(layer for layer in feature_layers.values() if layer not in known)
-    if missing:
-        raise ValueError(f"`feature_layers` names layers that {application.name!r} lacks: {missing}.")
-    outputs = {key: application.get_layer(layer).output for key, layer in feature_layers.items()}
-    inputs = application.inputs[0] if len(application.inputs) == 1 else application.inputs
-    return keras.Model(inputs, outputs, name=name or f"{application.name}_features")
+
+    def __init__(self, application, feature_layers=None, name=None, **kwargs):
+        if isinstance(application, dict):
+            application = keras.saving.deserialize_keras_object(application)
+        if not isinstance(application, keras.Model):
+            raise ValueError(f"`application` must be a keras.Model, got {application!r}.")
+        if feature_layers is None:
+            feature_layers = default_feature_layers(application.name)
+        if not isinstance(feature_layers, dict) or not feature_layers:
+            raise ValueError(
+                f"`feature_layers` must be a non-empty dict of output name -> layer name, got {feature_layers!r}."
+            )
+        known = {layer.name for layer in application.layers}
+        missing = sorted(layer for layer in feature_layers.values() if layer not in known)
+        if missing:
+            raise ValueError(f"`feature_layers` names layers that {application.name!r} lacks: {missing}.")
+        outputs = {key: application.get_layer(layer).output for key, layer in feature_layers.items()}
+        inputs = application.inputs[0] if len(application.inputs) == 1 else application.inputs
+        arguments = dict(application=keras.saving.serialize_keras_object(application),
+                         feature_layers=dict(feature_layers))
+        super().__init__(inputs, outputs, arguments, name=name or f"{application.name}_features", **kwargs)

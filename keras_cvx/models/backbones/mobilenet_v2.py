@@ -45,6 +45,7 @@ and ``out_relu``. Trainable parameters equal ``keras.applications.MobileNetV2`` 
 import keras
 
 from keras_cvx.models.backbones import building_blocks as blocks
+from keras_cvx.models.backbones.backbone import Backbone
 from keras_cvx.validation import require_choice, require_positive
 
 INVERTED_RESIDUALS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -61,21 +62,11 @@ def make_divisible(value, divisor=8):
     return rounded
 
 
-def MobileNetV2(
-    alpha=1.0,
-    activation="relu6",
-    attention=None,
-    rezero=False,
-    include_top=True,
-    num_classes=1000,
-    input_shape=(224, 224, 3),
-    attention_position="output",
-    se_reduction=4,
-    dy_relu_reduction=4,
-    classifier_activation=None,
-    name=None,
-):
-    """Builds a MobileNetV2 as a Functional ``keras.Model``.
+@keras.saving.register_keras_serializable(package="keras_cvx")
+class MobileNetV2(Backbone):
+    """MobileNetV2 ("MobileNetV2: Inverted Residuals and Linear Bottlenecks", Sandler et al.,
+    arXiv 1801.04381, table 2) as a ``Backbone``: a classifier or a dict of four feature maps,
+    with the blocks of the papers this package implements (SE, CE, Dynamic ReLU, ReZero).
 
     Args:
         alpha: width multiplier.
@@ -91,9 +82,38 @@ def MobileNetV2(
         classifier_activation: activation of the classifier (``None``: logits).
         name: model name (default e.g. ``"dy_relu_b_mobilenetv2_1.00"``).
 
-    Returns:
-        A Functional model: logits ``(B, num_classes)``, or ``{"C2": ..., "C5": ...}``.
+    Outputs: logits ``(B, num_classes)``, or ``{"C2": ..., "C5": ...}``.
     """
+
+    def __init__(
+        self,
+        alpha=1.0,
+        activation="relu6",
+        attention=None,
+        rezero=False,
+        include_top=True,
+        num_classes=1000,
+        input_shape=(224, 224, 3),
+        attention_position="output",
+        se_reduction=4,
+        dy_relu_reduction=4,
+        classifier_activation=None,
+        name=None,
+        **kwargs,
+    ):
+        arguments = dict(
+            alpha=alpha, activation=activation, attention=attention, rezero=rezero, include_top=include_top,
+            num_classes=num_classes, input_shape=input_shape, attention_position=attention_position,
+            se_reduction=se_reduction, dy_relu_reduction=dy_relu_reduction,
+            classifier_activation=classifier_activation,
+        )
+        inputs, outputs, default_name = _mobilenet_v2_graph(**arguments)
+        super().__init__(inputs, outputs, arguments, name=name or default_name, **kwargs)
+
+
+def _mobilenet_v2_graph(alpha, activation, attention, rezero, include_top, num_classes, input_shape,
+                        attention_position, se_reduction, dy_relu_reduction, classifier_activation):
+    """``(inputs, outputs, default name)`` of ``MobileNetV2`` (arguments as there)."""
     alpha = require_positive("alpha", alpha)
     options = blocks.BlockOptions(activation, attention, "relu6", se_reduction, dy_relu_reduction)
     require_choice("attention_position", attention_position, ATTENTION_POSITIONS)
@@ -120,10 +140,9 @@ def MobileNetV2(
             features[blocks.FEATURE_NAMES[FEATURE_GROUPS.index(group)]] = x
     x = blocks.conv_bn(x, make_divisible(1280 * max(1.0, alpha)), 1, 1, "top")
     features["C5"] = options.activate(x, "top_relu")
-    if name is None:
-        prefix = "".join(f"{tag}_" for tag in (attention, None if activation == "relu6" else activation) if tag)
-        name = f"{prefix}mobilenetv2_{alpha:.2f}" + ("_rezero" if rezero else "")
-    return blocks.finish_model(inputs, features, include_top, num_classes, classifier_activation, name)
+    prefix = "".join(f"{tag}_" for tag in (attention, None if activation == "relu6" else activation) if tag)
+    name = f"{prefix}mobilenetv2_{alpha:.2f}" + ("_rezero" if rezero else "")
+    return inputs, blocks.model_outputs(features, include_top, num_classes, classifier_activation), name
 
 
 def _inverted_residual_branch(in_channels, expansion, out_channels, strides, options, attention_position, name):

@@ -73,12 +73,13 @@ same after a ReLU (outputs ≥ 0) but can differ at the border after a DY-ReLU (
 import keras
 
 from keras_cvx.layers.slim_conv import SlimConv2D
+from keras_cvx.models.backbones.backbone import Backbone
 from keras_cvx.models.backbones.building_blocks import (
     FEATURE_NAMES,
     BlockOptions,
     check_input_shape,
     conv_bn,
-    finish_model,
+    model_outputs,
     rezero_residual,
 )
 from keras_cvx.validation import require_choice, require_positive_int
@@ -101,27 +102,11 @@ STEMS = ("imagenet", "small", "small_stride2")
 DEFAULT_ATTENTION_STAGES = {"se": (1, 2, 3, 4), "ce": (0, 1, 2, 3)}
 
 
-def ResNet(
-    depth=50,
-    attention=None,
-    activation="relu",
-    conv="standard",
-    rezero=False,
-    include_top=True,
-    num_classes=1000,
-    input_shape=(224, 224, 3),
-    base_width=64,
-    stem="imagenet",
-    stride_in_1x1=False,
-    attention_stages=None,
-    se_reduction=16,
-    dy_relu_reduction=4,
-    rezero_branch_activation=True,
-    classifier_activation=None,
-    name=None,
-    weights=None,
-):
-    """Builds a ResNet as a Functional ``keras.Model``.
+@keras.saving.register_keras_serializable(package="keras_cvx")
+class ResNet(Backbone):
+    """A ResNet ("Deep Residual Learning for Image Recognition", He et al., arXiv 1512.03385,
+    table 1) as a ``Backbone``: a classifier or a dict of the four stage outputs, with the
+    blocks of the papers this package implements (SE, CE, Dynamic ReLU, SlimConv, ReZero).
 
     Args:
         depth: 10, 14, 18, 26, 34, 50, 101 or 152 (see ``STAGE_BLOCKS``).
@@ -153,9 +138,49 @@ def ResNet(
             ``keras.applications.ResNet{depth}`` (downloaded by Keras), for the architectures
             that match it (module docstring); the model then takes RGB minus the ImageNet mean.
 
-    Returns:
-        A Functional model: logits ``(B, num_classes)``, or the feature dict.
+    Outputs: logits ``(B, num_classes)``, or the feature dict.
     """
+
+    def __init__(
+        self,
+        depth=50,
+        attention=None,
+        activation="relu",
+        conv="standard",
+        rezero=False,
+        include_top=True,
+        num_classes=1000,
+        input_shape=(224, 224, 3),
+        base_width=64,
+        stem="imagenet",
+        stride_in_1x1=False,
+        attention_stages=None,
+        se_reduction=16,
+        dy_relu_reduction=4,
+        rezero_branch_activation=True,
+        classifier_activation=None,
+        name=None,
+        weights=None,
+        **kwargs,
+    ):
+        arguments = dict(
+            depth=depth, attention=attention, activation=activation, conv=conv, rezero=rezero,
+            include_top=include_top, num_classes=num_classes, input_shape=input_shape, base_width=base_width,
+            stem=stem, stride_in_1x1=stride_in_1x1, attention_stages=attention_stages, se_reduction=se_reduction,
+            dy_relu_reduction=dy_relu_reduction, rezero_branch_activation=rezero_branch_activation,
+            classifier_activation=classifier_activation,
+        )
+        inputs, outputs, default_name = _resnet_graph(weights=weights, **arguments)
+        super().__init__(inputs, outputs, arguments, name=name or default_name, **kwargs)
+        if weights == "imagenet":
+            application = getattr(keras.applications, KERAS_RESNETS[depth])
+            convert_keras_resnet_weights(application(include_top=include_top, weights="imagenet"), self)
+
+
+def _resnet_graph(depth, attention, activation, conv, rezero, include_top, num_classes, input_shape, base_width,
+                  stem, stride_in_1x1, attention_stages, se_reduction, dy_relu_reduction, rezero_branch_activation,
+                  classifier_activation, weights):
+    """``(inputs, outputs, default name)`` of ``ResNet`` (arguments as there)."""
     block_type, blocks = STAGE_BLOCKS[require_choice("depth", depth, tuple(STAGE_BLOCKS))]
     options = BlockOptions(activation, attention, "relu", se_reduction, dy_relu_reduction)
     require_choice("conv", conv, CONVS)
@@ -195,14 +220,9 @@ def ResNet(
                 x, branch, out_channels, strides, options, stage + 1 in stages, rezero, rezero_branch_activation, block_name
             )
         features[FEATURE_NAMES[stage]] = x
-    if name is None:
-        prefix = "".join(f"{tag}_" for tag in (attention, {"slim": "sc"}.get(conv), _short(activation)) if tag)
-        name = f"{prefix}resnet{depth}" + ("_rezero" if rezero else "")
-    model = finish_model(inputs, features, include_top, num_classes, classifier_activation, name)
-    if weights == "imagenet":
-        application = getattr(keras.applications, KERAS_RESNETS[depth])
-        convert_keras_resnet_weights(application(include_top=include_top, weights="imagenet"), model)
-    return model
+    prefix = "".join(f"{tag}_" for tag in (attention, {"slim": "sc"}.get(conv), _short(activation)) if tag)
+    name = f"{prefix}resnet{depth}" + ("_rezero" if rezero else "")
+    return inputs, model_outputs(features, include_top, num_classes, classifier_activation), name
 
 
 WEIGHTS = (None, "imagenet")

@@ -70,6 +70,7 @@ import keras
 import numpy as np
 
 from keras_cvx.layers.l2_normalization import L2Normalization
+from keras_cvx.models.backbones.backbone import Backbone
 from keras_cvx.validation import require_positive
 
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -96,9 +97,9 @@ def scaled_channels(channels, width_multiplier):
 WEIGHTS = (None, "imagenet")
 
 
-def VGG16SSD(image_size=300, width_multiplier=1.0, l2_norm_scale=20.0, name="vgg16_ssd",
-             kernel_initializer="glorot_uniform", weights=None):
-    """The SSD feature pyramid on VGG16 as a Functional ``keras.Model``.
+@keras.saving.register_keras_serializable(package="keras_cvx")
+class VGG16SSD(Backbone):
+    """The SSD feature pyramid on VGG16 as a ``Backbone``.
 
     Args:
         image_size: 300 (default; six levels p1..p6) or 512 (seven levels p1..p7).
@@ -112,7 +113,7 @@ def VGG16SSD(image_size=300, width_multiplier=1.0, l2_norm_scale=20.0, name="vgg
             Keras; needs ``width_multiplier=1.0``); the model then takes RGB images minus the
             mean (see the module docstring).
 
-    Returns: a model from ``(image_size, image_size, 3)`` float images to a dict
+    Outputs: from ``(image_size, image_size, 3)`` float images, a dict
     ``{"conv3_3", "p1", …, "p6"[, "p7"]}`` of NHWC maps.
 
     Example::
@@ -122,6 +123,20 @@ def VGG16SSD(image_size=300, width_multiplier=1.0, l2_norm_scale=20.0, name="vgg
         features = trunk(np.zeros((1, 300, 300, 3), "float32"))  # features["p1"]: (1, 38, 38, 64)
         # VGG16SSD(300, weights="imagenet") downloads VGG16 and converts fc6/fc7 to conv6/conv7
     """
+
+    def __init__(self, image_size=300, width_multiplier=1.0, l2_norm_scale=20.0, name="vgg16_ssd",
+                 kernel_initializer="glorot_uniform", weights=None, **kwargs):
+        kernel_initializer = keras.initializers.get(kernel_initializer)
+        arguments = dict(image_size=image_size, width_multiplier=width_multiplier, l2_norm_scale=l2_norm_scale,
+                         kernel_initializer=keras.initializers.serialize(kernel_initializer))
+        images, outputs = _vgg16_ssd_graph(image_size, width_multiplier, l2_norm_scale, kernel_initializer, weights)
+        super().__init__(images, outputs, arguments, name=name, **kwargs)
+        if weights == "imagenet":
+            convert_vgg16_weights(keras.applications.VGG16(include_top=True, weights="imagenet"), self)
+
+
+def _vgg16_ssd_graph(image_size, width_multiplier, l2_norm_scale, kernel_initializer, weights):
+    """``(inputs, outputs)`` of ``VGG16SSD`` (arguments as there)."""
     if image_size not in SSD_EXTRAS:
         raise ValueError(f"`image_size` must be one of {sorted(SSD_EXTRAS)}, got {image_size!r}.")
     width_multiplier = require_positive("width_multiplier", width_multiplier)
@@ -136,7 +151,7 @@ def VGG16SSD(image_size=300, width_multiplier=1.0, l2_norm_scale=20.0, name="vgg
             scaled_channels(filters, width_multiplier),
             kernel_size,
             activation="relu",
-            kernel_initializer=kernel_initializer,
+            kernel_initializer=kernel_initializer.clone(),
             bias_initializer="zeros",
             name=layer_name,
             **kwargs,
@@ -165,10 +180,7 @@ def VGG16SSD(image_size=300, width_multiplier=1.0, l2_norm_scale=20.0, name="vgg
             x = keras.layers.ZeroPadding2D(padding, name=f"conv{block}_2_pad")(x)
         x = conv(channels, kernel, f"conv{block}_2", strides=stride)(x)
         outputs[f"p{level}"] = x
-    model = keras.Model(images, outputs, name=name)
-    if weights == "imagenet":
-        convert_vgg16_weights(keras.applications.VGG16(include_top=True, weights="imagenet"), model)
-    return model
+    return images, outputs
 
 
 def convert_vgg16_weights(vgg16, model, rgb_input=True):

@@ -11,8 +11,8 @@ from keras_cvx.models.backbones.building_blocks import (
     BlockOptions,
     check_input_shape,
     conv_bn,
-    finish_model,
     kaiming_fan_out,
+    model_outputs,
     rezero_residual,
 )
 
@@ -127,17 +127,17 @@ def test_rezero_residual_with_a_projection_shortcut():
     np.testing.assert_allclose(ops.convert_to_numpy(model(x)), expected + 0.5 * branch_out, rtol=1e-5, atol=1e-5)
 
 
-def test_finish_model_outputs():
+def test_model_outputs():
     inputs = keras.Input((4, 4, 3))
     features = {"C5": keras.layers.Conv2D(6, 1)(inputs)}
-    backbone = finish_model(inputs, features, False, 10, None, "backbone")
+    backbone = keras.Model(inputs, model_outputs(features, False, 10, None))
     assert isinstance(backbone.output, dict) and backbone.output["C5"].shape == (None, 4, 4, 6)
-    classifier = finish_model(inputs, features, True, 10, "softmax", "classifier")
+    classifier = keras.Model(inputs, model_outputs(features, True, 10, "softmax"))
     probabilities = ops.convert_to_numpy(classifier(np.ones((2, 4, 4, 3), "float32")))
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-6)
     assert classifier.get_layer("predictions").dtype_policy.name == "float32"
     with pytest.raises(ValueError, match="num_classes"):
-        finish_model(inputs, features, True, 0, None, "bad")
+        model_outputs(features, True, 0, None)
 
 
 @pytest.mark.parametrize("shape", [(224, 224), [224, 224, None], "224"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_cvx.models.backbones.keras_applications import FEATURE_LAYERS, default_feature_layers, feature_extractor
+from keras_cvx.models.backbones.keras_applications import FEATURE_LAYERS, default_feature_layers, FeatureExtractor
 
 # keras.applications models are built here; under JAX that costs minutes of CI and tests
 # Keras rather than keras_cvx.
@@ -29,7 +29,7 @@ def images(seed=0):
 @pytest.mark.parametrize("application, channels", APPLICATIONS)
 def test_default_layers_give_strides_4_to_32(application, channels):
     base = application(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
-    backbone = feature_extractor(base)
+    backbone = FeatureExtractor(base)
     assert sorted(backbone.output) == ["C2", "C3", "C4", "C5"]
     for (key, tensor), stride, width in zip(sorted(backbone.output.items()), (4, 8, 16, 32), channels):
         assert tuple(tensor.shape) == (None, SIZE // stride, SIZE // stride, width), key
@@ -38,7 +38,7 @@ def test_default_layers_give_strides_4_to_32(application, channels):
 
 def test_features_share_the_weights_and_equal_the_application_output():
     base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
-    backbone = feature_extractor(base)
+    backbone = FeatureExtractor(base)
     assert backbone.get_layer("conv1_conv") is base.get_layer("conv1_conv")
     assert len(backbone.weights) == len(base.weights)
     x = images()
@@ -48,7 +48,7 @@ def test_features_share_the_weights_and_equal_the_application_output():
 def test_explicit_layers_and_round_trip():
     base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
     assert base.name == "mobilenetv2_0.35_64"
-    backbone = feature_extractor(base, {"P3": "block_5_add", "P4": "block_12_add"}, name="two_levels")
+    backbone = FeatureExtractor(base, {"P3": "block_5_add", "P4": "block_12_add"}, name="two_levels")
     x = images(1)
     outputs = backbone(x)
     assert sorted(outputs) == ["P3", "P4"] and backbone.name == "two_levels"
@@ -70,10 +70,10 @@ def test_default_table():
 def test_errors():
     base = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
     with pytest.raises(ValueError, match="lacks"):
-        feature_extractor(base, {"C2": "conv2_block3_out"})
+        FeatureExtractor(base, {"C2": "conv2_block3_out"})
     with pytest.raises(ValueError, match="feature_layers"):
-        feature_extractor(base, {})
+        FeatureExtractor(base, {})
     with pytest.raises(ValueError, match="feature_layers"):
-        feature_extractor(base, ["block_2_add"])
+        FeatureExtractor(base, ["block_2_add"])
     with pytest.raises(ValueError, match="application"):
-        feature_extractor(keras.layers.Dense(2))
+        FeatureExtractor(keras.layers.Dense(2))
