@@ -25,15 +25,16 @@ import sys
 
 import numpy as np
 
-MODELS = ("plain", "ssd_net")
+MODELS = ("plain", "batchnorm", "ssd_net")
 """``plain``: conv -> pool -> dense, BatchNorm-free, compiled with Keras's sparse categorical
-cross-entropy (``model.compile(loss=...)``, the default ``compute_loss``); ``ssd_net``: SSD-NET
-on a ResNet-10 (BatchNorm) at 64×64, whose loss is divided by the batch's positives."""
+cross-entropy (``model.compile(loss=...)``, the default ``compute_loss``); ``batchnorm``: the
+same with a BatchNorm after the convolution; ``ssd_net``: SSD-NET on a ResNet-10 (BatchNorm)
+at 64×64, whose loss is divided by the batch's positives."""
 
 STEPS = 3
 GLOBAL_BATCH = 4
-LEARNING_RATE = {"plain": 0.1, "ssd_net": 0.01}
-CLIPNORM = {"plain": 0.5, "ssd_net": 1.0}
+LEARNING_RATE = {"plain": 0.1, "batchnorm": 0.1, "ssd_net": 0.01}
+CLIPNORM = {"plain": 0.5, "batchnorm": 0.5, "ssd_net": 1.0}
 
 
 def config_name(model, xla, precision, clip):
@@ -48,7 +49,7 @@ def parse_config(name):
 def make_batches(model_name):
     """``STEPS`` distinct global batches (NumPy), the same in every process."""
     rng = np.random.default_rng(11)
-    if model_name == "plain":
+    if model_name != "ssd_net":
         return [
             (rng.uniform(0, 255, (GLOBAL_BATCH, 12, 12, 3)).astype("float32"),
              rng.integers(0, 3, GLOBAL_BATCH).astype("int32"))
@@ -74,11 +75,14 @@ def build_model(model_name):
     every process and strategy starts from the same values)."""
     import keras
 
-    if model_name == "plain":
+    if model_name != "ssd_net":
+        batchnorm = [keras.layers.BatchNormalization(momentum=0.5)] if model_name == "batchnorm" else []
         model = keras.Sequential([
             keras.Input((12, 12, 3)),
             keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(6, 3, activation="relu"),
+            keras.layers.Conv2D(6, 3),
+            *batchnorm,
+            keras.layers.ReLU(),
             keras.layers.GlobalAveragePooling2D(),
             keras.layers.Dense(3),
         ])
@@ -145,7 +149,7 @@ def reference_loss(model_name, model, x, y, y_pred):
     import keras
     from keras import ops
 
-    if model_name == "plain":
+    if model_name != "ssd_net":
         per_example = keras.losses.sparse_categorical_crossentropy(y, ops.cast(y_pred, "float32"), from_logits=True)
         return ops.mean(per_example)
     return model.compute_loss(x=x, y=y, y_pred=y_pred)  # no strategy: normalised by all positives
