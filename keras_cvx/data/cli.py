@@ -16,6 +16,7 @@ sets, written under ``--synthetic-dir`` the first time they are asked for, and
 Example:
 
 >>> import argparse
+>>> from keras_cvx.data.cli import add_data_arguments, check_data_arguments, data_paths
 >>> parser = argparse.ArgumentParser()
 >>> group = add_data_arguments(parser, max_instances=16)
 >>> args = parser.parse_args(["--train-json", "t.json", "--images", "d", "--val-json", "v.json"])

@@ -9,6 +9,7 @@ picture and the evaluation numbers go.
 Example:
 
 >>> import argparse
+>>> from keras_cvx.export.cli import add_output_arguments
 >>> parser = argparse.ArgumentParser()
 >>> group = add_output_arguments(parser, "ssd_net")
 >>> args = parser.parse_args([])

@@ -79,6 +79,7 @@ class FeatureExtractor(Backbone):
     Example:
 
     >>> import keras
+    >>> from keras_cvx.models.backbones import FeatureExtractor
     >>> base = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None)
     >>> backbone = FeatureExtractor(base)
     >>> {key: tuple(shape) for key, shape in backbone.compute_output_shape((1, 64, 64, 3)).items()}
