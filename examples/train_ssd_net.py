@@ -254,8 +254,9 @@ def main(argv=None):
         print("wrote", draw(predict, val, args.png, class_names))
         if args.augmentation_png:
             print("wrote", write_augmentation_grid(args.augmentation_png, output_size=size, samples=4, seed=args.seed))
-        path = export_saved_model(model, os.path.join(args.export_dir, str(args.export_version)), size)
-        print("exported", path)
+        if args.export_dir:
+            path = export_saved_model(model, os.path.join(args.export_dir, str(args.export_version)), size)
+            print("exported", path)
     return results
 
 

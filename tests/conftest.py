@@ -5,6 +5,14 @@ test command runs this suite once per backend. Test folders whose code is Tensor
 by design (tf.data pipelines, the tf.distribute trainer, SavedModel export, the examples)
 are not collected under other backends, and tests marked ``tensorflow_only`` are
 deselected there.
+
+Tests marked ``single_backend`` are model-level checks with nothing backend-specific in them
+(backbone option grids, configs, training recipes): they compose layers, ops and losses
+whose own tests run under every backend, and they run under TensorFlow only, because under
+JAX every new op shape of an eager model build is compiled first (10-30 s per model here).
+Under JAX, random initializers use the non-partitionable threefry (what JAX used before
+0.5: the same distributions, 20x faster to compile on the CPU) and XLA skips most
+optimisations (correct results, faster compilation of the many tiny test programs).
 """
 
 import os
@@ -13,6 +21,13 @@ import keras
 import pytest
 
 TENSORFLOW_ONLY_FOLDERS = ("data", "evaluation", "training", "export", "examples")
+MARKERS_DESELECTED_UNDER_OTHER_BACKENDS = ("tensorflow_only", "single_backend")
+
+if keras.backend.backend() == "jax":
+    import jax
+
+    jax.config.update("jax_threefry_partitionable", False)
+    jax.config.update("jax_disable_most_optimizations", True)
 
 
 def pytest_report_header(config):
@@ -32,7 +47,8 @@ def pytest_collection_modifyitems(config, items):
         return
     kept, deselected = [], []
     for item in items:
-        (deselected if item.get_closest_marker("tensorflow_only") else kept).append(item)
+        deselect = any(item.get_closest_marker(name) for name in MARKERS_DESELECTED_UNDER_OTHER_BACKENDS)
+        (deselected if deselect else kept).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept

@@ -11,7 +11,10 @@ keras-hub's ``run_layer_test`` does, written anew for this package):
 * the same call compiled (``jit_compile=True``: XLA under TensorFlow, ``jax.jit`` under JAX);
 * one compiled ``fit`` step: the loss is finite before and after, and the weights move;
 * ``mixed_float16`` and ``mixed_bfloat16``: output dtypes follow the compute dtype (or the
-  dtype the class documents), weights stay float32, outputs stay finite;
+  dtype the class documents), weights stay float32, outputs stay finite, and with the
+  float32 layer's weights the outputs equal the float32 outputs within
+  ``MIXED_PRECISION_TOLERANCE`` (relative to the largest float32 output magnitude: float16
+  keeps 11 significant bits, bfloat16 8, and a few layers of rounding add up);
 * ``.keras`` save -> load with ``safe_mode=True`` gives equal outputs.
 """
 
@@ -24,6 +27,7 @@ from keras import ops
 from keras import tree
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+MIXED_PRECISION_TOLERANCE = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
 
 
 def _to_numpy(structure):
@@ -103,6 +107,7 @@ def run_layer_test(
     run_mixed_precision_check=True,
     run_saving_check=True,
     mixed_precision_output_dtype=None,
+    compare_mixed_precision_values=True,
     tolerance=1e-5,
     jit_tolerance=1e-4,
 ):
@@ -120,6 +125,9 @@ def run_layer_test(
         call_kwargs: extra keyword arguments for every call.
         mixed_precision_output_dtype: the output dtype under a mixed policy when it is
             not the compute dtype (e.g. "float32" for a layer that documents float32 output).
+        compare_mixed_precision_values: compare the mixed-precision outputs with the float32
+            ones (``MIXED_PRECISION_TOLERANCE``); turn off only for outputs that are discrete
+            selections (kept boxes of an NMS), where rounding may change which one is kept.
     """
     call_kwargs = dict(call_kwargs or {})
     input_data = tree.map_structure(np.asarray, input_data)
@@ -189,7 +197,8 @@ def run_layer_test(
         _check_fit_step(layer_cls, init_kwargs, input_data, call_kwargs)
     if run_mixed_precision_check:
         for policy in MIXED_POLICIES:
-            _check_mixed_precision(layer_cls, init_kwargs, input_data, call_kwargs, policy, mixed_precision_output_dtype)
+            _check_mixed_precision(layer_cls, init_kwargs, input_data, call_kwargs, policy, mixed_precision_output_dtype,
+                                   (eager_layer, outputs) if compare_mixed_precision_values else None)
     if run_saving_check:
         _check_keras_file_round_trip(eager_layer, input_data, call_kwargs, outputs, tolerance)
     return outputs
@@ -223,12 +232,22 @@ def _check_fit_step(layer_cls, init_kwargs, input_data, call_kwargs):
         assert any(not np.array_equal(b, a) for b, a in zip(before, after)), "no weight moved in one step"
 
 
-def _check_mixed_precision(layer_cls, init_kwargs, input_data, call_kwargs, policy, output_dtype):
+def _check_mixed_precision(layer_cls, init_kwargs, input_data, call_kwargs, policy, output_dtype, float32_reference):
     layer = layer_cls(**init_kwargs, dtype=policy)
     cast_inputs = tree.map_structure(
         lambda x: x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x, input_data
     )
     outputs = _call(layer, cast_inputs, call_kwargs)
+    if float32_reference is not None:
+        float32_layer, float32_outputs = float32_reference
+        layer.set_weights(float32_layer.get_weights())
+        outputs = _call(layer, cast_inputs, call_kwargs)
+        tolerance = MIXED_PRECISION_TOLERANCE[policy]
+        for low, high in zip(_float_outputs(outputs), _float_outputs(float32_outputs)):
+            low, high = (np.asarray(ops.convert_to_numpy(ops.cast(t, "float32")), np.float64) for t in (low, high))
+            scale = max(1.0, float(np.max(np.abs(high), initial=0.0)))
+            np.testing.assert_allclose(low, high, rtol=tolerance, atol=tolerance * scale,
+                                       err_msg=f"{policy} outputs vs float32 outputs")
     expected_dtype = output_dtype or layer.compute_dtype
     for t in _float_outputs(outputs):
         assert keras.backend.standardize_dtype(t.dtype) == expected_dtype, (policy, t.dtype)

@@ -29,7 +29,7 @@ def add_output_arguments(parser, name, png_help="picture of validation predictio
         png_help: help text of ``--png``.
     """
     output = parser.add_argument_group("output")
-    output.add_argument("--export-dir", default=os.path.join("saved_models", name))
+    output.add_argument("--export-dir", default=os.path.join("saved_models", name), help="SavedModel folder ('': no export)")
     output.add_argument("--export-version", type=int, default=1)
     output.add_argument("--png", default=os.path.join("saved_models", name, "predictions.png"), help=png_help)
     output.add_argument("--results-json", default=None, help="write the final evaluation numbers here")

@@ -1,5 +1,6 @@
-"""The whole example path of ``examples/train_ssd_net.py`` at test size: synthetic shapes ->
-Trainer (XLA) -> COCOEvaluator -> PNG -> SavedModel, then the exported model answers."""
+"""The whole example path of ``examples/train_ssd_net.py`` at test size: COCO json ->
+Trainer (XLA) -> COCOEvaluator -> PNG -> SavedModel, then the exported model answers. (The
+default synthetic-data path is the CondInst example test's.)"""
 
 import os
 
@@ -8,6 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from keras_cvx.data.shapes import synthetic_shapes
 from tests.examples import loading
 
 
@@ -16,11 +18,18 @@ def load_example():
 
 
 def test_train_evaluate_draw_export(tmp_path, capsys):
+    """A working detector learns 4 images by heart: trained and evaluated on the same COCO json
+    (the real-data path), 120 XLA steps reach AP50 >= 0.8 (measured: 1.0 with training seeds 1
+    and 2; seed 0 gave 0.98 after 80 steps and 1.0 after 200); a bug in the targets, the loss,
+    the decoding or the evaluation does not."""
     example = load_example()
+    synthetic_shapes(str(tmp_path / "shapes"), num_images=4, image_size=(64, 64), max_objects=3, seed=0, min_size=16)
+    annotations, images = str(tmp_path / "shapes" / "annotations.json"), str(tmp_path / "shapes" / "images")
     export_dir = tmp_path / "saved_models" / "ssd_net"
     results = example.main([
-        "--steps", "3", "--batch-size", "2", "--image-size", "64", "--width", "0.125", "--fusion-channels", "8",
-        "--synthetic-dir", str(tmp_path / "shapes"), "--synthetic-train-images", "8", "--synthetic-val-images", "4",
+        "--steps", "120", "--batch-size", "4", "--image-size", "64", "--width", "0.125", "--fusion-channels", "8",
+        "--optimizer", "adamw", "--learning-rate", "0.003", "--no-ssd-augmentation",
+        "--train-json", annotations, "--images", images, "--val-json", annotations,
         "--export-dir", str(export_dir), "--png", str(tmp_path / "predictions.png"),
         "--augmentation-png", str(tmp_path / "augmentation.png"),
         "--model-dir", str(tmp_path / "run"), "--verbose", "0",
@@ -28,18 +37,18 @@ def test_train_evaluate_draw_export(tmp_path, capsys):
     printed = capsys.readouterr().out
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"):
         assert f"bbox/{name}" in results and f" {name} = " in printed
-        assert -1.0 <= results[f"bbox/{name}"] <= 1.0
+    assert results["bbox/AP50"] >= 0.8, results
     picture = np.asarray(Image.open(tmp_path / "predictions.png"))
-    assert picture.shape == (64, 2 * 64, 3)  # the first validation batch (2 images) side by side
+    assert picture.shape == (64, 4 * 64, 3)  # the first validation batch (4 images) side by side
     grid = np.asarray(Image.open(tmp_path / "augmentation.png"))
     assert grid.shape == (2 * 64, 5 * 64, 3)  # 2 bundled photographs: warp only + 4 SSD augmentations
     assert "augmentation.png" in printed
     assert os.path.exists(tmp_path / "run" / "checkpoint")
     loaded = tf.saved_model.load(str(export_dir / "1"))
-    image = np.asarray(Image.open(next((tmp_path / "shapes").glob("val_*/images/*.png"))).convert("RGB"))
+    image = np.asarray(Image.open(next((tmp_path / "shapes" / "images").glob("*.png"))).convert("RGB"))
     out = loaded.signatures["serving_default"](images=tf.constant(image[None]))
     assert out["detection_boxes"].shape == (1, 100, 4) and out["num_detections"].shape == (1,)
-    assert 0 <= int(out["num_detections"][0]) <= 100
+    assert 1 <= int(out["num_detections"][0]) <= 100
 
 
 def test_real_data_flags_are_checked(capsys):

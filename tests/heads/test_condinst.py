@@ -18,7 +18,7 @@ def _count(weights):
     return sum(int(np.prod(w.shape)) for w in weights)
 
 
-@pytest.mark.tensorflow_only  # large convs initialise slowly under JAX; counts are backend-free
+@pytest.mark.single_backend  # large convs initialise slowly under JAX; counts are backend-free
 def test_parameter_counts():
     controller = CondInstController()
     controller.build(P3_TO_P7)

@@ -13,7 +13,7 @@ from tests.numpy_layers import conv2d, group_norm
 from tests.test_case import run_layer_test
 
 
-@pytest.mark.tensorflow_only  # 4.9M parameters: slow to initialise under JAX; the count is backend-free
+@pytest.mark.single_backend  # 4.9M parameters: slow to initialise under JAX; the count is backend-free
 def test_coco_parameter_count_and_initialisation():
     head = FCOSHead(80)
     head.build([(None, s, s, 256) for s in (16, 8, 4, 2, 1)])

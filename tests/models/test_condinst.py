@@ -225,6 +225,7 @@ def test_predict_step_contract_and_masks_match_numpy(model):
         assert 0 < expected.mean() < 1  # masks neither empty nor full
 
 
+@pytest.mark.single_backend
 def test_config_and_keras_round_trip(tmp_path):
     model = tiny_model(max_detections=6, mask_threshold=0.4, pixel_mean=(1.0, 2.0, 3.0))
     config = model.get_config()
@@ -250,7 +251,7 @@ def test_config_and_keras_round_trip(tmp_path):
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
 
 
-@pytest.mark.tensorflow_only  # builds a ResNet-10; slow to initialise under JAX, and nothing backend-specific
+@pytest.mark.single_backend  # builds a ResNet-10; slow to initialise under JAX, and nothing backend-specific
 def test_named_backbone_width_multiplier_and_checks():
     model = CondInst(NUM_CLASSES, image_size=(64, 96), backbone="resnet10", width_multiplier=0.125,
                      neck=FeaturePyramid(8), head=FCOSHead(NUM_CLASSES, num_convs=1, groups=4,

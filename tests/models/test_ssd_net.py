@@ -124,11 +124,11 @@ def numpy_multibox(box_targets, class_targets, deltas, logits, ratio=3):
 
 
 # ---------------------------------------------------------------- full-size models (build only)
-# TensorFlow only: under JAX, initialising tens of millions of parameters compiles one random op
+# single_backend (TensorFlow): under JAX, initialising tens of millions of parameters compiles one random op
 # per weight shape (~25 s per model here); these tests check shapes and counts, which do not
 # depend on the backend, and the tiny-model tests below run the same code under JAX.
 
-@pytest.mark.tensorflow_only
+@pytest.mark.single_backend
 def test_ssd300_vgg16_shapes_and_parameter_counts():
     """Plain SSD300 (VOC, 20 classes) has the reference 26,285,486 parameters; SSD-NET300 adds
     NNFM, NEM and NTM parameters and changes the heads of levels 1-4 to 256 input channels."""
@@ -158,7 +158,7 @@ def test_ssd300_vgg16_shapes_and_parameter_counts():
     assert net.count_params() == 26_285_486 + sum(modules.values()) + head_change == 27_558_320
 
 
-@pytest.mark.tensorflow_only
+@pytest.mark.single_backend
 @pytest.mark.parametrize("image_size, levels, count", [(300, [38, 19, 10, 5, 3, 1], 8732),
                                                          (512, [64, 32, 16, 8, 4, 2, 1], 24564)])
 def test_vgg16_anchors_are_ssd_coco_anchors(image_size, levels, count):
@@ -173,7 +173,7 @@ def test_vgg16_anchors_are_ssd_coco_anchors(image_size, levels, count):
     assert revived.get_config() == model.get_config() and revived.count_params() == model.count_params()
 
 
-@pytest.mark.tensorflow_only
+@pytest.mark.single_backend
 @pytest.mark.parametrize("image_size, levels, count", [(300, [38, 19, 10, 5, 3, 1], 8732),
                                                          (512, [64, 32, 16, 8, 4, 2, 1], 24564),
                                                          (160, [20, 10, 5, 3, 1], 2390)])
@@ -187,7 +187,7 @@ def test_resnet_pyramid_with_ssd_extras(image_size, levels, count):
     assert tuple(out["class_logits"].shape) == (None, count, 6)
 
 
-@pytest.mark.tensorflow_only
+@pytest.mark.single_backend
 def test_resnet50_ssd300_output_shapes():
     model = SSDNet(80, 300, backbone="resnet50")
     assert [s[1:] for s in model._level_shapes] == [(38, 38, 512), (19, 19, 1024), (10, 10, 2048), (5, 5, 256),
@@ -231,6 +231,7 @@ def test_argument_checks():
 
 # ---------------------------------------------------------------- tiny model
 
+@pytest.mark.single_backend
 def test_net_modules_wiring_matches_manual_composition():
     """SSD-NET features = heads' inputs built by hand from the backbone maps with the model's
     own NNFM/NEM/NTM layers (gates from q3/q4 before the transfers)."""
@@ -251,6 +252,7 @@ def test_net_modules_wiring_matches_manual_composition():
     assert [tuple(f.shape) for f in plain.features(images)] == [(2, 8, 8, 8), (2, 4, 4, 8), (2, 2, 2, 8), (2, 1, 1, 8)]
 
 
+@pytest.mark.single_backend
 def test_targets_and_loss_match_numpy_ssd():
     model = tiny_model()
     images, targets = tiny_data(batch=3, seed=1)
@@ -284,8 +286,6 @@ def test_fit_steps_finite_and_jit_equal():
     for key in ("boxes", "scores"):
         np.testing.assert_allclose(jitted[key], eager[key], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(jitted["num_detections"], eager["num_detections"])
-    # the XLA training step under TensorFlow is the Trainer test's (it compiles for ~10 s)
-    model.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9), jit_compile=keras.backend.backend() == "jax")
     before = [np.array(w) for w in model.get_weights()]
     history = model.fit(images, targets, batch_size=2, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"])) and history.history["loss"][0] > 0
@@ -293,6 +293,7 @@ def test_fit_steps_finite_and_jit_equal():
     assert all(moved), "every weight (backbone, NNFM, NEM, NTM, heads) gets a gradient"
 
 
+@pytest.mark.single_backend
 def test_mixed_bfloat16_steps_finite():
     keras.config.set_dtype_policy("mixed_bfloat16")
     model = tiny_model()
@@ -324,6 +325,7 @@ def test_predict_step_contract():
         assert np.all(out["scores"][b, :n] > 0.2) and np.all(out["classes"][b, n:] == -1)
 
 
+@pytest.mark.single_backend
 def test_config_and_keras_round_trip(tmp_path):
     model = tiny_model(decoder=SSDDecoder(score_threshold=0.05, max_detections=12), netm_pairs=((1, 3),),
                        nem_gate="max", ntm_pool="max", anchor_generator=SSDAnchorGenerator(clip="center_size"),

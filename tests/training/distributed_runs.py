@@ -161,7 +161,7 @@ def run_reference(config, replicas):
     import tensorflow as tf
     from keras import ops
 
-    model_name, _, precision, clip = parse_config(config)
+    model_name, xla, precision, clip = parse_config(config)
     keras.config.set_dtype_policy(precision)
     model = build_model(model_name)
     # Clipping and loss scaling by Keras's own optimizer options, not by the Trainer's code.
@@ -170,7 +170,9 @@ def run_reference(config, replicas):
     state = model.non_trainable_variables
     part = GLOBAL_BATCH // replicas
 
-    @tf.function  # a graph, as the Trainer's steps (eager and graph float16 kernels round differently)
+    # a graph, as the Trainer's steps (eager and graph float16 kernels round differently), compiled
+    # by XLA when the Trainer's is (XLA fuses and reorders float32 sums: ~2e-6 apart otherwise)
+    @tf.function(jit_compile=xla)
     def loss_and_gradients(x, y):
         with tf.GradientTape() as tape:
             predictions, new_state = [], []

@@ -144,6 +144,7 @@ def _relative_difference(actual, expected):
     return max(float(np.max(np.abs(a - e))) / max(float(np.max(np.abs(e))), 1e-12) for a, e in zip(actual, expected))
 
 
+@pytest.mark.xdist_group("distributed_runs")
 @pytest.mark.parametrize("mode", ["default", "mirrored", "multiworker_0", "multiworker_1"])
 def test_strategy_step_equals_hand_written_single_process_step(distributed_runs_dir, mode):
     """3 Trainer steps on the same global batches equal 3 hand-written GradientTape steps of
@@ -174,6 +175,7 @@ def test_strategy_step_equals_hand_written_single_process_step(distributed_runs_
     print("\n" + "\n".join(rows))
 
 
+@pytest.mark.xdist_group("distributed_runs")
 def test_workers_hold_identical_weights_and_batchnorm_statistics(distributed_runs_dir):
     """Both workers' variables, BatchNorm moving statistics included, are bit-identical, so
     any worker's checkpoint equals the chief's; the chief's checkpoint holds them and the

@@ -7,6 +7,8 @@ import pytest
 
 from keras_cvx.models.backbones import VGG16SSD, Backbone, FeatureExtractor, MobileNetV2, ResNet
 
+pytestmark = pytest.mark.single_backend
+
 
 def _resnet():
     return ResNet(depth=10, include_top=False, input_shape=(32, 32, 3), base_width=8, activation="dy_relu_b"), \

@@ -8,9 +8,7 @@ from keras import ops
 
 from keras_cvx.models.backbones.keras_applications import FEATURE_LAYERS, default_feature_layers, FeatureExtractor
 
-# keras.applications models are built here; under JAX that costs minutes of CI and tests
-# Keras rather than keras_cvx.
-pytestmark = pytest.mark.tensorflow_only
+pytestmark = pytest.mark.single_backend
 
 SIZE = 64
 APPLICATIONS = [

@@ -11,10 +11,7 @@ from keras_cvx.models.backbones.mobilenet_v2 import MobileNetV2, make_divisible
 from keras_cvx.models.complexity import count_macs, count_parameters
 from tests.models.backbones.helpers import assert_keras_round_trip, covers_every_pair, layers_of, pairwise_rows
 
-# MobileNetV2 composes Keras layers and blocks whose own tests run under JAX (tests/layers).
-# Its model-level checks (counts vs keras.applications, option grid) cost ~2.5 min of CI under
-# JAX, so they run under TensorFlow only; test_resnet.py's grid keeps JAX covering backbones.
-pytestmark = pytest.mark.tensorflow_only
+pytestmark = pytest.mark.single_backend
 
 
 @pytest.fixture(scope="module")

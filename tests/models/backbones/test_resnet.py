@@ -12,6 +12,8 @@ from keras_cvx.models.backbones.resnet import ResNet, convert_keras_resnet_weigh
 from keras_cvx.models.complexity import count_macs, count_parameters
 from tests.models.backbones.helpers import assert_keras_round_trip, covers_every_pair, layers_of, pairwise_rows
 
+pytestmark = pytest.mark.single_backend
+
 # Reference counts (trainable parameters as PyTorch counts them) from the specs.
 RESNET50 = 25_557_032
 RESNET18 = 11_689_512

@@ -11,6 +11,8 @@ from keras_cvx.layers.neighbor_transferring import NeighborTransferring
 from keras_cvx.layers.nn_fusion import NearestNeighborFusion
 from keras_cvx.models.backbones.vgg import VGG16SSD, scaled_channels
 
+pytestmark = pytest.mark.single_backend
+
 CHANNELS = {"conv3_3": 256, "p1": 512, "p2": 1024, "p3": 512, "p4": 256, "p5": 256, "p6": 256, "p7": 256}
 SIZES = {300: (75, 38, 19, 10, 5, 3, 1), 512: (128, 64, 32, 16, 8, 4, 2, 1)}  # SSD300: no p7
 
@@ -204,7 +206,7 @@ def random_vgg16():
     return vgg16
 
 
-@pytest.mark.tensorflow_only  # 138M-parameter keras.applications model: minutes under JAX
+@pytest.mark.single_backend  # 138M-parameter keras.applications model: minutes under JAX
 def test_converted_trunk_equals_numpy_from_vgg16_weights(random_vgg16):
     from keras_cvx.models.backbones.vgg import convert_vgg16_weights
 

@@ -17,7 +17,7 @@ def resnet50_shapes(size=256):
     return {k: (None, size // 2 ** int(k[1]), size // 2 ** int(k[1]), c) for k, c in RESNET50_CHANNELS.items()}
 
 
-@pytest.mark.tensorflow_only  # initialising 3.9M parameters under JAX compiles one op per shape (slow); counts are backend-free
+@pytest.mark.single_backend  # initialising 3.9M parameters under JAX compiles one op per shape (slow); counts are backend-free
 def test_parameter_counts_on_resnet50():
     faster_rcnn = FeaturePyramid(256, min_level=2, max_level=6, extra_levels="max_pool")
     faster_rcnn.build(resnet50_shapes())
