@@ -2,12 +2,14 @@
 from the paper, not read back from the object under test: a changed default fails here even
 where a test's reference formulation reads the value from the object."""
 
+import keras
 import pytest
 
 from keras_cvx.heads.ssd import SSDHead
 from keras_cvx.layers.channel_equilibrium import ChannelEquilibrium
 from keras_cvx.layers.dynamic_relu import DynamicReLU
 from keras_cvx.layers.l2_normalization import L2Normalization
+from keras_cvx.layers.rezero import ReZero
 from keras_cvx.layers.slim_conv import SlimConv2D
 from keras_cvx.layers.ssd_decoder import SSDDecoder
 from keras_cvx.layers.squeeze_excite import SqueezeExcite
@@ -15,7 +17,9 @@ from keras_cvx.losses.circle import CircleLoss, PairwiseCircleLoss
 from keras_cvx.losses.distillation import TopKDistillation
 from keras_cvx.losses.equalization import EqualizationLoss
 from keras_cvx.losses.equalization_v2 import EqualizationLossV2
+from keras_cvx.losses.focal import SigmoidFocalLoss
 from keras_cvx.losses.multibox import MultiBoxLoss
+from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder
 from keras_cvx.models.label_encoders.ssd import SSDLabelEncoder
 from keras_cvx.ops.boxes import BOX_CODER_WEIGHTS
 
@@ -63,6 +67,14 @@ PAPER_DEFAULTS = [
     (lambda: ChannelEquilibrium(), "iterations", 3, "CE Newton-Schulz T"),
     (lambda: ChannelEquilibrium(), "momentum", 0.1, "CE momentum"),
     (lambda: ChannelEquilibrium(), "reduction", 4, "CE IR reduction"),
+    # Focal loss (arXiv 1708.02002, Sec. 5.1), used by FCOS/CondInst: α = 0.25, γ = 2
+    (lambda: SigmoidFocalLoss(), "alpha", 0.25, "focal α"),
+    (lambda: SigmoidFocalLoss(), "gamma", 2.0, "focal γ"),
+    # FCOS (arXiv 2006.09214 "improved FCOS" / AdelaiDet): centre sampling radius 1.5, sizes of
+    # interest 64, 128, 256, 512 on strides 8-128
+    (lambda: FCOSLabelEncoder(), "center_sampling_radius", 1.5, "FCOS centre sampling radius"),
+    (lambda: FCOSLabelEncoder(), "sizes_of_interest", (64.0, 128.0, 256.0, 512.0), "FCOS sizes of interest"),
+    (lambda: FCOSLabelEncoder(), "strides", (8, 16, 32, 64, 128), "FCOS strides"),
     # SlimConv (arXiv 2003.07469, Sec. 3.2 and the official module): SE reduction r = 32
     (lambda: SlimConv2D(), "reduction", 32, "SlimConv r"),
 ]
@@ -79,3 +91,10 @@ def test_paper_default(make, attribute, value, source):
 
 def test_box_coder_weights_constant_is_ssd_and_faster_rcnn():
     assert BOX_CODER_WEIGHTS == (10.0, 10.0, 5.0, 5.0)
+
+
+def test_rezero_alpha_starts_at_zero():
+    """ReZero (arXiv 2003.04887, eq. 3): x + α F(x) with α initialised to 0."""
+    layer = ReZero(keras.layers.Dense(4))
+    layer.build((2, 4))
+    assert float(keras.ops.convert_to_numpy(layer.alpha)) == 0.0

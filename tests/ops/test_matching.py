@@ -94,6 +94,18 @@ def test_argmax_hand_computed_and_unbatched():
         argmax_iou_match(gt, np.array([2]), anchors, 0.3, 0.7)
 
 
+def test_rpn_thresholds_exactly_at_0_7_and_0_3():
+    """Faster R-CNN's RPN rule (Ren et al. 2015, Sec. 3.1.2): IoU >= 0.7 is positive, < 0.3
+    negative, in between ignored. IoUs here are exact in float32 (70/100, 30/100, 29/100)."""
+    gt = np.array([[0, 0, 10, 10]], "float32")
+    anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 7], [0, 0, 10, 6.9], [0, 0, 10, 3], [0, 0, 10, 2.9]], "float32")
+    np.testing.assert_allclose(_iou(gt, anchors)[0], [1.0, 0.7, 0.69, 0.3, 0.29], rtol=1e-6)
+    for low_quality in (True, False):  # the 1.0 anchor is the best one: low-quality matching adds nothing
+        matched, state = argmax_iou_match(gt, np.array([0]), anchors, allow_low_quality_matches=low_quality)
+        np.testing.assert_array_equal(_np(state), [1, 1, -1, -1, 0])
+        np.testing.assert_array_equal(_np(matched), [0, 0, -1, -1, -1])
+
+
 def test_ssd_match_against_reference():
     gt, labels, priors = _problem(1, n=60)
     matched, state = run_compiled(functools.partial(ssd_match, iou_threshold=0.5), gt, labels, priors)

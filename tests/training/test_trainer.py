@@ -109,11 +109,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def distributed_runs_dir(tmp_path_factory):
+def run_distributed(out):
     """Runs the reference, the default strategy, Mirrored (2 logical CPUs) and two localhost
-    MultiWorkerMirrored workers, each in its own process, all at once."""
-    out = str(tmp_path_factory.mktemp("distributed"))
+    MultiWorkerMirrored workers, each in its own process, all at once, into ``out``."""
+    out = str(out)
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, "-m", "tests.training.distributed_runs"]
     ports = [_free_port(), _free_port()]
@@ -144,9 +143,15 @@ def _relative_difference(actual, expected):
     return max(float(np.max(np.abs(a - e))) / max(float(np.max(np.abs(e))), 1e-12) for a, e in zip(actual, expected))
 
 
-@pytest.mark.xdist_group("distributed_runs")
-@pytest.mark.parametrize("mode", ["default", "mirrored", "multiworker_0", "multiworker_1"])
-def test_strategy_step_equals_hand_written_single_process_step(distributed_runs_dir, mode):
+def test_distributed_steps_equal_one_process_and_workers_agree(tmp_path):
+    """One test for the one expensive set of runs (5 processes, ~100 s)."""
+    out = run_distributed(tmp_path)
+    for mode in ("default", "mirrored", "multiworker_0", "multiworker_1"):
+        check_strategy_step_equals_hand_written_single_process_step(out, mode)
+    check_workers_hold_identical_weights_and_batchnorm_statistics(out)
+
+
+def check_strategy_step_equals_hand_written_single_process_step(distributed_runs_dir, mode):
     """3 Trainer steps on the same global batches equal 3 hand-written GradientTape steps of
     one process: weights, BatchNorm statistics and the loss (not only each other)."""
     rows = []
@@ -166,17 +171,16 @@ def test_strategy_step_equals_hand_written_single_process_step(distributed_runs_
         update, reference_update = (np.concatenate([(w - i).ravel() for w, i in zip(ws, initial)])
                                     for ws in (final, ref_final))
         ratio = float(update @ reference_update / (reference_update @ reference_update))
-        assert ratio == pytest.approx(1.0, abs=1e-2), (config, ratio)
+        assert ratio == pytest.approx(1.0, abs=1e-2), (mode, config, ratio)
         difference = _relative_difference(final, ref_final)
-        assert difference <= WEIGHT_TOLERANCE[precision], (config, difference)
-        assert losses[-1] == pytest.approx(ref_losses[-1], rel=WEIGHT_TOLERANCE[precision]), config
+        assert difference <= WEIGHT_TOLERANCE[precision], (mode, config, difference)
+        assert losses[-1] == pytest.approx(ref_losses[-1], rel=WEIGHT_TOLERANCE[precision]), (mode, config)
         rows.append(f"{mode:14s} {model_name:8s} xla={int(xla)} {precision:14s} clip={int(clip)} "
                     f"max relative weight difference {difference:.1e}")
     print("\n" + "\n".join(rows))
 
 
-@pytest.mark.xdist_group("distributed_runs")
-def test_workers_hold_identical_weights_and_batchnorm_statistics(distributed_runs_dir):
+def check_workers_hold_identical_weights_and_batchnorm_statistics(distributed_runs_dir):
     """Both workers' variables, BatchNorm moving statistics included, are bit-identical, so
     any worker's checkpoint equals the chief's; the chief's checkpoint holds them and the
     other worker's temporary directory is gone."""
