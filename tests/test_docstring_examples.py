@@ -29,11 +29,8 @@ TENSORFLOW_ONLY_PACKAGES = ("keras_cvx.data", "keras_cvx.training", "keras_cvx.e
 """TensorFlow jobs by design (tf.data, tf.distribute, SavedModel; see ``tests/conftest.py``): their
 examples run under the TensorFlow backend only (marked ``tensorflow_only``)."""
 
-EXCLUDED = {
-    "keras_cvx.models.condinst": "builds a CondInst model and runs predict_step: ~3 s under TensorFlow and "
-                                 "~2 min under JAX",
-}
-"""Modules whose examples are not run here, with the reason."""
+EXCLUDED = {}
+"""Modules whose examples are not run here, with the reason (none today)."""
 
 SLOW_UNDER_JAX = {
     # module or package: CPU seconds its examples took under JAX on a 2-core development machine
@@ -50,6 +47,7 @@ SLOW_UNDER_JAX = {
     "keras_cvx.layers.slim_conv": 13,
     "keras_cvx.layers.ssd_decoder": 4,
     "keras_cvx.models.backbones": 40,
+    "keras_cvx.models.condinst": 120,
     "keras_cvx.models.label_encoders.fcos": 6,
     "keras_cvx.models.label_encoders.ssd": 4,
     "keras_cvx.models.necks.fpn": 9,
@@ -66,9 +64,6 @@ rank-4 kernel with JAX's default ``jax_threefry_partitionable=True``). They run 
 TensorFlow only, which keeps this file near 40 s per backend; the other modules' examples run
 under both."""
 
-MODULE_NAMESPACE = ("keras_cvx.heads.fcos", "keras_cvx.heads.condinst")
-"""Modules whose examples still use the documented name without importing it; they run in their
-module's namespace (as ``doctest.testmod`` does) until they import what they use."""
 
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -118,18 +113,15 @@ def _param(name):
     marks = []
     if _listed(name, TENSORFLOW_ONLY_PACKAGES):
         marks.append(pytest.mark.tensorflow_only)
-    slow = _listed(name, SLOW_UNDER_JAX)
-    if slow:
-        reason = f"{name}: examples take ~{SLOW_UNDER_JAX[slow]} s under JAX (SLOW_UNDER_JAX); run under TensorFlow"
-        marks.append(pytest.mark.skipif(keras.backend.backend() == "jax", reason=reason))
+    if _listed(name, SLOW_UNDER_JAX):
+        marks.append(pytest.mark.single_backend)  # the layers they build are tested under JAX in tests/
     return pytest.param(name, marks=marks, id=name)
 
 
 @pytest.mark.parametrize("module_name", [_param(n) for n in MODULES_WITH_EXAMPLES if not _listed(n, EXCLUDED)])
 def test_docstring_examples(module_name):
     module = importlib.import_module(module_name)
-    globs = None if module_name in MODULE_NAMESPACE else {}
-    tests = [t for t in doctest.DocTestFinder().find(module, module_name, globs=globs) if t.examples]
+    tests = [t for t in doctest.DocTestFinder().find(module, module_name, globs={}) if t.examples]
     assert tests, f"{module_name} has '>>> ' in its source but no docstring example doctest can find"
     runner = doctest.DocTestRunner(optionflags=OPTIONS)
     for test in tests:
@@ -140,7 +132,7 @@ def test_docstring_examples(module_name):
 
 def test_lists_name_existing_modules():
     """Every entry of the lists above is a module or package of keras_cvx (no stale entries)."""
-    for entry in (*TENSORFLOW_ONLY_PACKAGES, *EXCLUDED, *SLOW_UNDER_JAX, *MODULE_NAMESPACE):
+    for entry in (*TENSORFLOW_ONLY_PACKAGES, *EXCLUDED, *SLOW_UNDER_JAX):
         path = os.path.join(os.path.dirname(PACKAGE_DIR), *entry.split("."))
         assert os.path.isdir(path) or os.path.isfile(path + ".py"), entry
     assert not set(EXCLUDED) & set(SLOW_UNDER_JAX)

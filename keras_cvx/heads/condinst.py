@@ -70,6 +70,7 @@ class CondInstController(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.heads import CondInstController
     >>> controller = CondInstController()
     >>> tuple(controller([np.ones((1, 4, 4, 16), "float32"), np.ones((1, 2, 2, 16), "float32")]).shape)
     (1, 20, 169)
@@ -117,6 +118,7 @@ class CondInstMaskBranch(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.heads import CondInstMaskBranch
     >>> branch = CondInstMaskBranch(channels=16)
     >>> maps = [np.ones((1, 8 >> i, 8 >> i, 32), "float32") for i in range(3)]
     >>> tuple(branch(maps).shape)
@@ -186,6 +188,7 @@ class CondInstSemanticHead(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.heads import CondInstSemanticHead
     >>> tuple(CondInstSemanticHead(3, channels=8)(np.ones((1, 4, 4, 16), "float32")).shape)
     (1, 4, 4, 3)
     """

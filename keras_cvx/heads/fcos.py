@@ -76,6 +76,7 @@ class FCOSHead(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.heads import FCOSHead
     >>> head = FCOSHead(num_classes=3, num_levels=2, groups=4)
     >>> out = head([np.ones((1, 4, 4, 8), "float32"), np.ones((1, 2, 2, 8), "float32")])
     >>> tuple(out["class_logits"].shape), tuple(out["box_regression"].shape)

@@ -151,6 +151,9 @@ class CondInst(keras.Model):
     Example:
 
     >>> import numpy as np
+    >>> from keras_cvx.heads import CondInstMaskBranch, FCOSHead
+    >>> from keras_cvx.layers import FCOSDecoder
+    >>> from keras_cvx.models import CondInst, FeaturePyramid
     >>> model = CondInst(3, image_size=64, backbone="resnet10", width_multiplier=0.125,
     ...                  neck=FeaturePyramid(16), head=FCOSHead(3, groups=4, return_box_features=True),
     ...                  mask_branch=CondInstMaskBranch(16), decoder=FCOSDecoder(max_detections=5))
