@@ -101,6 +101,10 @@ else:
 # Observed: float32 weights within 5e-7 of the reference (relative to the largest weight),
 # mixed_float16 within 2e-4; the replica-count bug this guards against gave 0.5 of the update.
 WEIGHT_TOLERANCE = {"float32": 2e-6, "mixed_float16": 2e-3}
+# SSD-NET in float16 on 2 workers without XLA: 1.3e-4 after one step (the worker processes'
+# float16 kernels round differently from the one-process graph), 2.1e-2 after three (hard-negative
+# mining re-ranks anchors on such differences); documented in the README's table.
+FLOAT16_WORKERS_TOLERANCE = {"ssd_net": 5e-2}
 
 
 def _free_port():
@@ -172,9 +176,12 @@ def check_strategy_step_equals_hand_written_single_process_step(distributed_runs
                                     for ws in (final, ref_final))
         ratio = float(update @ reference_update / (reference_update @ reference_update))
         assert ratio == pytest.approx(1.0, abs=1e-2), (mode, config, ratio)
+        tolerance = WEIGHT_TOLERANCE[precision]
+        if precision == "mixed_float16" and mode.startswith("multiworker") and not xla:
+            tolerance = FLOAT16_WORKERS_TOLERANCE.get(model_name, tolerance)
         difference = _relative_difference(final, ref_final)
-        assert difference <= WEIGHT_TOLERANCE[precision], (mode, config, difference)
-        assert losses[-1] == pytest.approx(ref_losses[-1], rel=WEIGHT_TOLERANCE[precision]), (mode, config)
+        assert difference <= tolerance, (mode, config, difference)
+        assert losses[-1] == pytest.approx(ref_losses[-1], rel=tolerance), (mode, config)
         rows.append(f"{mode:14s} {model_name:8s} xla={int(xla)} {precision:14s} clip={int(clip)} "
                     f"max relative weight difference {difference:.1e}")
     print("\n" + "\n".join(rows))
