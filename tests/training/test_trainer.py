@@ -307,6 +307,26 @@ def test_clipnorm_bounds_global_update_norm():
     assert np.sqrt(sum(float(np.sum(d**2)) for d in delta)) == pytest.approx(1e-3, rel=1e-4)
 
 
+@pytest.mark.parametrize("clipnorm", [None, 1e3])
+def test_unclipped_step_equals_a_hand_written_sgd_step(clipnorm):
+    """A clip norm that does not bind changes nothing: one XLA Trainer step equals w - lr * g
+    with g from a GradientTape of the mean cross-entropy (caught: scaling the gradients before
+    a clip that only binds when they are large)."""
+    keras.utils.set_random_seed(1)
+    x, y = toy_data(8)
+    model = make_model(x)
+    init = model.get_weights()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert tf.linalg.global_norm(grads) < 1e3
+    expected = [w - 0.1 * g.numpy() for w, g in zip(init, grads)]
+    trainer = Trainer(model, keras.optimizers.SGD(0.1), jit_compile=True, clipnorm=clipnorm, verbose=0)
+    trainer.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), 1)
+    for actual, wanted in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6)
+
+
 def test_mixed_float16_uses_loss_scaling_and_halves_scale_on_overflow():
     keras.config.set_dtype_policy("mixed_float16")
     x, y = toy_data(8)
