@@ -5,13 +5,14 @@ TensorFlow initialises)::
     python -m tests.training.every_model_steps OUT.json [MODEL ...]
 
 Writes ``{model: {"loss": ..., "replicas": ..., "unmoved": paths of the trainable variables
-the step left unchanged, "finite": all variables finite}}``. CondInst is not here: its XLA step under
+the step left unchanged, "finite": all variables finite, "seconds": build + compile + step}}``. CondInst is not here: its XLA step under
 Mirrored compiles for ~3 minutes on 2 CPU cores; ``tests/models/test_condinst.py`` runs its
 Trainer step under XLA and, separately, under Mirrored.
 """
 
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def build(name):
         images, targets = tiny_data(batch=GLOBAL_BATCH, seed=1)
         return tiny_model(), (images, targets)
     if name == "resnet_classifier":
-        model = ResNet(depth=14, num_classes=3, input_shape=(32, 32, 3), base_width=8, attention="se",
+        model = ResNet(depth=10, num_classes=3, input_shape=(32, 32, 3), base_width=8, attention="se",
                        classifier_activation=None)
         model.compile(loss=cross_entropy)
         return model, classification_batch(32, 3, 2)
@@ -70,6 +71,7 @@ def main(out_path, names):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     results = {}
     for name in names:
+        start = time.perf_counter()
         with strategy.scope():
             model, batch = build(name)
             optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
@@ -82,6 +84,7 @@ def main(out_path, names):
             "replicas": strategy.num_replicas_in_sync,
             "unmoved": [v.path for v, a, b in zip(model.trainable_variables, before, after) if np.array_equal(a, b)],
             "finite": bool(all(np.all(np.isfinite(v.numpy())) for v in model.variables)),
+            "seconds": time.perf_counter() - start,
         }
     with open(out_path, "w") as f:
         json.dump(results, f)
