@@ -8,9 +8,6 @@ on 2 logical CPUs against a hand-written step, and SavedModel export (boxes, and
 to the original image against a NumPy crop / bilinear resize / threshold)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -22,6 +19,7 @@ from keras_cvx.heads.fcos import FCOSHead
 from keras_cvx.layers.fcos_decoder import FCOSDecoder
 from keras_cvx.models.condinst import CondInst
 from keras_cvx.models.necks.fpn import FeaturePyramid
+from tests.fresh_process import run_module_for_json
 from tests.layers.test_dynamic_mask_head import numpy_dynamic_head
 from tests.losses.test_dice import numpy_dice
 from tests.losses.test_focal import numpy_focal
@@ -29,7 +27,6 @@ from tests.losses.test_iou import numpy_loss as numpy_iou_loss
 from tests.models.label_encoders.test_fcos import numpy_fcos_targets
 from tests.numpy_layers import aligned_bilinear
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = 64
 NUM_CLASSES = 3
 
@@ -277,12 +274,7 @@ def test_trainer_step_under_xla_and_mirrored_equals_hand_written_step(tmp_path):
     """``tests/models/condinst_steps.py`` in a fresh process (2 logical CPUs): one Trainer step
     with XLA on batch A, and one under MirroredStrategy on [A, A], against an eager
     GradientTape SGD step on A (see that file for why [A, A] on 2 replicas must equal A)."""
-    out = tmp_path / "steps.json"
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "tests.models.condinst_steps", str(out)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(out.read_text())
+    result = run_module_for_json("tests.models.condinst_steps", tmp_path / "steps.json", timeout=600)
     assert result["replicas"] == 2 and 0 < result["positives"] <= 64
     losses = result["losses"]
     assert np.isfinite(losses["reference"]) and losses["reference"] > 0

@@ -2,25 +2,14 @@
 ``MirroredStrategy`` on 2 logical CPUs with XLA (``tests/training/every_model_steps.py``, in
 a fresh process)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 
+from tests.fresh_process import run_module_for_json
 from tests.training import every_model_steps
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_one_mirrored_xla_trainer_step_of_every_model(tmp_path):
-    out = tmp_path / "steps.json"
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "tests.training.every_model_steps", str(out)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads(out.read_text())
+    results = run_module_for_json("tests.training.every_model_steps", tmp_path / "steps.json", timeout=900)
     assert sorted(results) == sorted(every_model_steps.MODELS)
     for name, result in results.items():
         assert result["replicas"] == 2, name
