@@ -10,6 +10,9 @@ Tests marked ``single_backend`` are model-level checks with nothing backend-spec
 (backbone option grids, configs, training recipes): they compose layers, ops and losses
 whose own tests run under every backend, and they run under TensorFlow only, because under
 JAX every new op shape of an eager model build is compiled first (10-30 s per model here).
+Tests marked ``jax_only`` (a backend-independent training property that TensorFlow traces
+far more slowly) are deselected under TensorFlow.
+
 Under JAX, random initializers use the non-partitionable threefry (what JAX used before
 0.5: the same distributions, 20x faster to compile on the CPU) and XLA skips most
 optimisations (correct results, faster compilation of the many tiny test programs).
@@ -44,10 +47,12 @@ def pytest_ignore_collect(collection_path, config):
 
 def pytest_collection_modifyitems(config, items):
     if keras.backend.backend() == "tensorflow":
-        return
+        markers = ("jax_only",)
+    else:
+        markers = MARKERS_DESELECTED_UNDER_OTHER_BACKENDS
     kept, deselected = [], []
     for item in items:
-        deselect = any(item.get_closest_marker(name) for name in MARKERS_DESELECTED_UNDER_OTHER_BACKENDS)
+        deselect = any(item.get_closest_marker(name) for name in markers)
         (deselected if deselect else kept).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
