@@ -164,6 +164,7 @@ class ChannelEquilibrium(keras.layers.Layer):
         if len(input_shape) != 4 or input_shape[-1] is None:
             raise ValueError(f"`inputs` must be (B, H, W, C) with known C, got shape {input_shape}.")
         channels = int(input_shape[-1])
+        self.input_spec = keras.InputSpec(ndim=4, axes={-1: channels})
         self.group_channels = group_size_for(channels, self.group_size)
         self.num_groups = channels // self.group_channels
         hidden = max(1, channels // self.reduction)

@@ -120,6 +120,7 @@ class DynamicReLU(keras.layers.Layer):
                 f"`inputs` must be channels-last with rank >= 3 and a known channel count, got {tuple(input_shape)}."
             )
         channels = int(input_shape[-1])
+        self.input_spec = keras.InputSpec(ndim=len(input_shape), axes={-1: channels})
         self.channels = channels
         hidden = max(1, channels // self.reduction)
         outputs = 2 * self.k * (1 if self.variant == "A" else channels)

@@ -130,6 +130,7 @@ class SlimConv2D(keras.layers.Layer):
         if len(input_shape) != 4 or input_shape[-1] is None:
             raise ValueError(f"`inputs` must be (B, H, W, C) with known C, got shape {input_shape}.")
         channels = int(input_shape[-1])
+        self.input_spec = keras.InputSpec(ndim=4, axes={-1: channels})
         if channels % 4 or channels // self.reduction < 1:
             raise ValueError(
                 f"`inputs` channels must be divisible by 4 and at least `reduction`={self.reduction}, got {channels}."

@@ -55,6 +55,7 @@ class SqueezeExcite(keras.layers.Layer):
         if len(input_shape) < 3 or input_shape[-1] is None:
             raise ValueError(f"`inputs` must have rank >= 3 and known channels, got shape {input_shape}.")
         channels = int(input_shape[-1])
+        self.input_spec = keras.InputSpec(ndim=len(input_shape), axes={-1: channels})
         hidden = max(1, channels // self.reduction)
         self.squeeze = keras.layers.Dense(
             hidden, activation="relu", kernel_initializer=self.kernel_initializer.clone(), dtype=self.dtype_policy, name="squeeze"

@@ -49,7 +49,7 @@ import keras
 from keras import ops
 
 from keras_cvx.layers.cosine_dense import l2_normalize
-from keras_cvx.validation import require_positive
+from keras_cvx.validation import check_labels, require_positive
 
 MASKED_LOGIT = -1e9
 
@@ -112,8 +112,9 @@ class CircleLoss(_CircleBase):
         reduction, name, dtype: as ``keras.losses.Loss`` (keep the default reduction: ``call``
             already scales the rows so that it yields the mean over valid rows).
 
-    Shapes: ``y_true`` integer labels [B] (or [B, 1]), ``y_pred`` cosines [B, C] in [−1, 1]
-    (e.g. from ``keras_cvx.layers.CosineDense``) -> float32 scalar.
+    Shapes: ``y_true`` integer labels [B] (or [B, 1]) in ``0..C-1``, ``-1`` for a padding row
+    (ignored; other values raise a ``ValueError`` in eager mode), ``y_pred`` cosines [B, C] in
+    [−1, 1] (e.g. from ``keras_cvx.layers.CosineDense``) -> float32 scalar.
 
     Example:
 
@@ -133,7 +134,7 @@ class CircleLoss(_CircleBase):
     def call(self, y_true, y_pred):
         cosines = ops.cast(y_pred, "float32")
         num_classes = cosines.shape[-1]
-        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        labels = ops.reshape(ops.cast(check_labels(y_true, num_classes, "y_true"), "int32"), (-1,))
         positive = ops.equal(labels[:, None], ops.arange(num_classes, dtype="int32")[None, :])
         valid = ops.logical_and(labels >= 0, labels < num_classes)
         losses = circle_loss_per_row(cosines, positive, ops.logical_not(positive), self.margin, self.gamma)

@@ -15,7 +15,9 @@ a background logit, labels g [R] in [0, C] (C = background),
 i.e. summed over classes, divided by the number of RoIs R (foreground + background).
 Extension (ours; neither the paper nor the official code pads RoIs): label −1 marks padding;
 such rows get weight 0 and R counts only valid rows, so a detector can pad its RoIs to a
-static count.
+static count. Any other label outside ``[0, C]`` (``[0, C)`` for the softmax loss) raises a
+``ValueError`` when the labels are concrete (eager); compiled code cannot raise, so
+``keras_cvx.training.Trainer`` checks every batch before its compiled step.
 
 Softmax EQL (paper Eq. 8-9, image classification; no background, so E = 1):
 
@@ -33,7 +35,7 @@ import numpy as np
 from keras import ops
 
 from keras_cvx.losses.circle import MASKED_LOGIT, mean_over_valid_rows
-from keras_cvx.validation import require_positive, require_unit_interval
+from keras_cvx.validation import check_labels, require_positive, require_unit_interval
 
 
 def tail_class_mask(class_frequencies, frequency_threshold):
@@ -150,6 +152,7 @@ class EqualizationLoss(_EqualizationBase):
 
     def equalization_weights(self, labels):
         """``w`` [R, C] (float32, no gradient) and the valid-row mask [R] for integer labels."""
+        check_labels(labels, self.num_classes, "y_true", background=True)
         labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
         targets = ops.one_hot(ops.maximum(labels, 0), self.num_classes + 1)[:, : self.num_classes]
         foreground = ops.cast(ops.logical_and(labels >= 0, labels < self.num_classes), "float32")
@@ -220,7 +223,7 @@ class SoftmaxEqualizationLoss(_EqualizationBase):
     def call(self, y_true, y_pred):
         logits = ops.cast(y_pred, "float32")
         self._check_logits(logits)
-        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        labels = ops.reshape(ops.cast(check_labels(y_true, self.num_classes, "y_true"), "int32"), (-1,))
         targets = ops.one_hot(ops.maximum(labels, 0), self.num_classes)
         beta = keras.random.uniform(ops.shape(logits), seed=self.seed_generator) < self.gamma
         tail = ops.convert_to_tensor(self._tail, "float32")

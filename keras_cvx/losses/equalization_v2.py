@@ -37,7 +37,7 @@ import keras
 from keras import ops
 
 from keras_cvx.losses.circle import mean_over_valid_rows
-from keras_cvx.validation import require_positive, require_positive_int
+from keras_cvx.validation import check_labels, require_positive, require_positive_int
 
 INITIAL_RATIO = 100.0
 
@@ -61,7 +61,8 @@ class EqualizationLossV2(keras.layers.Layer):
         mu: ``μ`` of the weight mapping (default 0.8).
         alpha: ``α`` of the positive weight (default 4).
 
-    Call: ``labels`` [R] integer in ``{-1, 0..C-1, C (background)}``, ``logits`` [R, C+1];
+    Call: ``labels`` [R] integer in ``{-1 (padding), 0..C-1, C (background)}`` (other values
+    raise a ``ValueError`` in eager mode), ``logits`` [R, C+1];
     ``training=True`` updates the statistics after computing the loss. Returns float32 [R];
     ``ops.mean`` of it is the loss.
 
@@ -117,7 +118,7 @@ class EqualizationLossV2(keras.layers.Layer):
 
     def call(self, labels, logits, training=None):
         logits = ops.cast(logits, "float32")
-        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        labels = ops.reshape(ops.cast(check_labels(labels, self.num_classes, background=True), "int32"), (-1,))
         valid = labels >= 0
         targets = ops.one_hot(ops.maximum(labels, 0), self.num_classes + 1)
         pos_w, neg_w = self.class_weights()

@@ -86,7 +86,7 @@ from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder, mask_centers
 from keras_cvx.models.necks.fpn import FeaturePyramid
 from keras_cvx.ops.boxes import clip_boxes
 from keras_cvx.ops.upsampling import aligned_bilinear
-from keras_cvx.validation import require_positive, require_positive_int
+from keras_cvx.validation import check_labels, require_positive, require_positive_int
 
 RESNET_DEPTHS = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -276,6 +276,7 @@ class CondInst(keras.Model):
         if tuple(y["masks"].shape[-2:]) != expected:
             raise ValueError(f"`masks` must be [B, M, {expected[0]}, {expected[1]}] (stride {self.mask_stride}), "
                              f"got shape {tuple(y['masks'].shape)}.")
+        check_labels(y["labels"], self.num_classes)
 
     def assign_targets(self, y):
         """FCOS targets of the ground truth ``y`` (``FCOSLabelEncoder`` output) with the masks'

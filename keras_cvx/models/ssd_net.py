@@ -78,7 +78,7 @@ from keras_cvx.models.backbones.vgg import SSD_EXTRAS, VGG16SSD, scaled_channels
 from keras_cvx.models.label_encoders.ssd import SSDLabelEncoder
 from keras_cvx.ops.anchors import SSD_CONFIGS
 from keras_cvx.ops.boxes import clip_boxes
-from keras_cvx.validation import require_choice, require_positive, require_positive_int
+from keras_cvx.validation import check_labels, require_choice, require_positive, require_positive_int
 
 RESNET_BACKBONES = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 BACKBONES = ("vgg16",) + tuple(RESNET_BACKBONES)
@@ -352,6 +352,7 @@ class SSDNet(keras.Model):
         """The label encoder's targets for padded ground truth (``boxes [B, M, 4]`` ``xyxy``
         pixels, ``labels [B, M]`` 0-based, -1 padding): ``{"box_targets": [B, N, 4],
         "class_targets": [B, N]}`` (label + 1, 0 background)."""
+        check_labels(labels, self.num_classes)
         return self.label_encoder(boxes, labels, self.anchors)
 
     def loss_normalizers(self, y):

@@ -44,6 +44,22 @@ def _float32(x):
     return ops.cast(ops.convert_to_tensor(x), "float32")
 
 
+def _boxes(x, name):
+    """``x`` as float32 after a static check that it is ``[..., 4]`` (``name`` in the error)."""
+    x = _float32(x)
+    if len(x.shape) < 1 or x.shape[-1] != 4:
+        raise ValueError(f"`{name}` must be [..., 4] xyxy boxes, got shape {tuple(x.shape)}.")
+    return x
+
+
+def _same_count(a, b, name_a, name_b):
+    """Static check that ``a [..., N, 4]`` and ``b [..., N, 4]`` hold the same number of boxes."""
+    n_a, n_b = (t.shape[-2] if len(t.shape) > 1 else None for t in (a, b))
+    if n_a is not None and n_b is not None and n_a != n_b:
+        raise ValueError(f"`{name_a}` and `{name_b}` must hold the same number of boxes N, got shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}.")
+
+
 def box_area(boxes):
     """Area of ``xyxy`` boxes: ``max(x2 − x1, 0) · max(y2 − y1, 0)``.
 
@@ -68,7 +84,7 @@ def box_area(boxes):
 
 def _pairwise_parts(boxes1, boxes2):
     """Intersection, union and enclosing-box area, each ``[..., N, M]``."""
-    boxes1, boxes2 = _float32(boxes1), _float32(boxes2)
+    boxes1, boxes2 = _boxes(boxes1, "boxes1"), _boxes(boxes2, "boxes2")
     a = ops.expand_dims(boxes1, -2)  # [..., N, 1, 4]
     b = ops.expand_dims(boxes2, -3)  # [..., 1, M, 4]
     inter_w = ops.maximum(ops.minimum(a[..., 2], b[..., 2]) - ops.maximum(a[..., 0], b[..., 0]), 0.0)
@@ -200,8 +216,10 @@ def encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     [[1.     7.     0.     3.4657]]
     """
     variance = [1.0 / w for w in _weights(weights)]
+    boxes, anchors = _boxes(boxes, "boxes"), _boxes(anchors, "anchors")
+    _same_count(boxes, anchors, "boxes", "anchors")
     return bounding_boxes.encode_box_to_deltas(
-        _float32(anchors), _float32(boxes), "xyxy", "xyxy", encoding_format="center_xywh", variance=variance
+        anchors, boxes, "xyxy", "xyxy", encoding_format="center_xywh", variance=variance
     )
 
 
@@ -229,8 +247,8 @@ def decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), delta_clip=DELTA
     >>> print(np.round(keras.ops.convert_to_numpy(decode_boxes(deltas, anchors, (10, 10, 5, 5))), 4))
     [[ 1.  2. 11. 22.]]
     """
-    scaled = _float32(deltas) / ops.convert_to_tensor(_weights(weights), "float32")
+    deltas, anchors = _boxes(deltas, "deltas"), _boxes(anchors, "anchors")
+    _same_count(deltas, anchors, "deltas", "anchors")
+    scaled = deltas / ops.convert_to_tensor(_weights(weights), "float32")
     scaled = ops.concatenate([scaled[..., :2], ops.minimum(scaled[..., 2:], float(delta_clip))], axis=-1)
-    return bounding_boxes.decode_deltas_to_boxes(
-        _float32(anchors), scaled, "xyxy", "xyxy", encoded_format="center_xywh"
-    )
+    return bounding_boxes.decode_deltas_to_boxes(anchors, scaled, "xyxy", "xyxy", encoded_format="center_xywh")

@@ -334,7 +334,10 @@ def _roi_align_rows(tables, table_id, base, height, width, scale, boxes, output_
     def per_box(v):  # [B, R] -> [B, R, 1] against the boxes' [B, R, 1] coordinates
         return v if isinstance(v, (int, float)) else v[..., None]
 
-    boxes = ops.stop_gradient(ops.cast(boxes, "float32")) * per_box(scale) - offset
+    boxes = ops.stop_gradient(ops.cast(boxes, "float32"))
+    # a box with a non-finite coordinate pools zeros (instead of gathering at an undefined index)
+    finite = ops.all(ops.isfinite(boxes), axis=-1)
+    boxes = ops.where(finite[..., None], boxes, 0.0) * per_box(scale) - offset
     start_x, start_y = boxes[..., 0:1], boxes[..., 1:2]  # [B, R, 1]
     size_x, size_y = boxes[..., 2:3] - start_x, boxes[..., 3:4] - start_y
     if not aligned:
@@ -347,8 +350,9 @@ def _roi_align_rows(tables, table_id, base, height, width, scale, boxes, output_
     def per_bin(v):  # [B, R] or [B, 1] -> [..., 1, 1] against [B, R, out_h, out_w]
         return v if v is None or isinstance(v, int) else v[..., None, None]
 
-    return sample_grid(tables, per_bin(base), per_bin(width), rows[:, :, :, None], row_weights[:, :, :, None],
-                       cols[:, :, None], col_weights[:, :, None], table_id=per_bin(table_id))
+    pooled = sample_grid(tables, per_bin(base), per_bin(width), rows[:, :, :, None], row_weights[:, :, :, None],
+                         cols[:, :, None], col_weights[:, :, None], table_id=per_bin(table_id))
+    return pooled * ops.cast(finite, pooled.dtype)[:, :, None, None, None]
 
 
 def roi_align(features, boxes, output_size, spatial_scale, sampling_ratio=2, aligned=True):
@@ -356,7 +360,8 @@ def roi_align(features, boxes, output_size, spatial_scale, sampling_ratio=2, ali
 
     Args:
         features: ``[B, H, W, C]`` feature map (any float dtype; ``H, W, C`` static).
-        boxes: ``[B, R, 4]`` ``xyxy`` boxes in image pixels, per image.
+        boxes: ``[B, R, 4]`` ``xyxy`` boxes in image pixels, per image (a box with a
+            non-finite coordinate gives zeros).
         output_size: ``out`` or ``(out_h, out_w)`` bins.
         spatial_scale: ``1 / stride`` of the feature map.
         sampling_ratio: samples per bin and axis ``g`` (default 2; must be >= 1).

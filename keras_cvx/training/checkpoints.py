@@ -6,6 +6,23 @@ learning-rate schedule's state ``iterations``, the step and skipped-step counter
 distributed input iterator). Checkpoints are numbered by the training step
 (``ckpt-<step>``).
 
+Resume never starts over silently and never loses a good checkpoint:
+
+- every checkpoint of ``directory`` is a candidate (those the ``checkpoint`` state file lists
+  and every ``ckpt-<step>.index`` / ``.data-*`` file, so a lost or unparsable state file
+  loses nothing), newest first;
+- a candidate is used only after all of its tensors were read back (a missing, truncated
+  or corrupt file is found before anything is assigned); each unreadable one is reported
+  by file name with the reason and the next older one is tried;
+- when the directory holds checkpoints and none is readable, ``CheckpointError`` says so
+  (resume with ``resume=False`` or another directory to start over deliberately);
+- after a fallback the state file lists only the readable checkpoints, so the unreadable
+  newer ones neither count towards ``max_to_keep`` nor cause a good one to be deleted (they
+  stay on disk for inspection; a later save of the same step replaces them);
+- a checkpoint written by a different model or optimizer raises ``CheckpointError`` naming
+  the objects that do not match, instead of a partial restore;
+- ``ckpt-<step>_temp`` folders left by a write that was interrupted are deleted.
+
 Under ``MultiWorkerMirroredStrategy`` every worker must call ``save`` (saving may run
 collectives); only the chief writes into ``directory``, the others write into a private
 ``directory/worker_tmp_<task_id>`` that is deleted after each save, as the TensorFlow
@@ -13,11 +30,28 @@ multi-worker guide prescribes. Every worker restores from the chief's ``director
 (a file system shared by the workers is assumed).
 """
 
+import logging
 import os
+import re
 
 import tensorflow as tf
 
 from keras_cvx.validation import require_positive_int
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_FILE = re.compile(r"^(ckpt-(\d+))(\.index|\.data-\d{5}-of-\d{5})$")
+_INTERRUPTED_WRITE = re.compile(r"^ckpt-\d+_temp$")
+# What reading a damaged checkpoint raises: OpError (NotFound, DataLoss, "not an sstable"),
+# IndexError ("Read less bytes than requested"), ValueError (a bad shape or dtype record).
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError)
+# What restoring a readable checkpoint into different objects raises: ValueError (a variable
+# of another shape), AssertionError (objects without a value in the checkpoint).
+_MISMATCH_ERRORS = (ValueError, AssertionError)
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoints of a run directory cannot be used to resume it."""
 
 
 def is_chief(strategy):
@@ -34,6 +68,55 @@ def is_chief(strategy):
 def _task_id(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     return resolver.task_id if resolver is not None and resolver.task_id is not None else 0
+
+
+def _step_of(path):
+    return int(os.path.basename(path).rsplit("-", 1)[1])
+
+
+def _listed_checkpoints(directory):
+    """The prefixes the ``checkpoint`` state file lists ([] when it is missing or unparsable)."""
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception as error:  # a truncated text proto raises protobuf's ParseError
+        logger.warning("Ignoring the unreadable checkpoint state file in %s (%s); looking for the "
+                       "checkpoint files themselves.", directory, error)
+        return []
+    if state is None:
+        return []
+    return [p if os.path.isabs(p) else os.path.join(directory, p) for p in state.all_model_checkpoint_paths]
+
+
+def checkpoint_candidates(directory):
+    """Prefixes of every checkpoint of ``directory`` (listed in its state file or present as
+    files), newest step first."""
+    prefixes = set(_listed_checkpoints(directory))
+    if tf.io.gfile.isdir(directory):
+        for name in tf.io.gfile.listdir(directory):
+            match = _CHECKPOINT_FILE.match(name)
+            if match:
+                prefixes.add(os.path.join(directory, match.group(1)))
+    prefixes = {p for p in prefixes if _CHECKPOINT_FILE.match(os.path.basename(p) + ".index")}
+    return sorted(prefixes, key=_step_of, reverse=True)
+
+
+def unreadable_reason(prefix):
+    """``None`` when every tensor of checkpoint ``prefix`` reads back, else why not."""
+    if not tf.io.gfile.exists(prefix + ".index"):
+        return f"{prefix}.index is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for key, dtype in reader.get_variable_to_dtype_map().items():
+            if dtype != tf.variant:  # an input iterator's state: read when it is restored
+                reader.get_tensor(key)
+    except _READ_ERRORS as error:
+        return _reason(error)
+    return None
+
+
+def _reason(error):
+    message = getattr(error, "message", None) or str(error)
+    return f"{type(error).__name__}: {message.strip().splitlines()[0]}"
 
 
 class TrainingCheckpoint:
@@ -54,21 +137,82 @@ class TrainingCheckpoint:
             directory if self._chief else os.path.join(directory, f"worker_tmp_{_task_id(strategy)}")
         )
         self.checkpoint = tf.train.Checkpoint(**trackables)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._write_directory, max_to_keep=self.max_to_keep
-        )
+        self._manager = None
+        if self._chief:
+            self._delete_interrupted_writes()
+
+    @property
+    def manager(self):
+        """The ``tf.train.CheckpointManager`` that writes and rotates the checkpoints (made on
+        first use, after ``restore_latest`` has corrected the state file)."""
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(
+                self.checkpoint, self._write_directory, max_to_keep=self.max_to_keep
+            )
+        return self._manager
 
     @property
     def latest(self):
-        """Path of the newest checkpoint in ``directory`` or ``None``."""
-        return tf.train.latest_checkpoint(self.directory)
+        """Path of the newest readable checkpoint in ``directory`` or ``None``."""
+        return next((p for p in checkpoint_candidates(self.directory) if unreadable_reason(p) is None), None)
 
     def restore_latest(self):
-        """Restores the newest checkpoint if there is one; returns its path or ``None``."""
-        path = self.latest
-        if path is not None:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+        """Restores the newest readable checkpoint; returns its path, or ``None`` when
+        ``directory`` holds no checkpoint. Raises ``CheckpointError`` when it holds
+        checkpoints and none can be read, or when the newest readable one does not match
+        the trackables."""
+        candidates = checkpoint_candidates(self.directory)
+        unreadable = []
+        for path in candidates:
+            reason = unreadable_reason(path)
+            if reason is None:
+                try:
+                    self._restore(path)
+                    break
+                except (tf.errors.OpError, IndexError) as error:  # a damaged iterator state (not read above)
+                    reason = _reason(error)
+            unreadable.append(path)
+            logger.warning("Checkpoint %s cannot be read (%s); trying the next older one.", path, reason)
+        else:
+            if candidates:
+                raise CheckpointError(
+                    f"None of the {len(candidates)} checkpoint(s) in {self.directory!r} can be read "
+                    f"({', '.join(os.path.basename(p) for p in candidates)}; reasons logged above). Not "
+                    "starting over silently: pass resume=False or another directory to start from scratch."
+                )
+            return None
+        if unreadable:
+            logger.warning("Resumed from %s, the newest readable checkpoint (skipped: %s).", path,
+                           ", ".join(os.path.basename(p) for p in unreadable))
+            if self._chief:
+                self._forget(unreadable, path)
         return path
+
+    def _restore(self, path):
+        try:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        except _MISMATCH_ERRORS as error:
+            raise CheckpointError(
+                f"Checkpoint {path} does not match this run: {str(error).splitlines()[0][:500]} Did the model, "
+                "the optimizer or the input pipeline change since it was written? Resume with the same ones, "
+                "or pass resume=False or another directory to start over."
+            ) from error
+
+    def _forget(self, unreadable, restored):
+        """Rewrites the state file to list the readable checkpoints up to ``restored`` only."""
+        skipped = set(unreadable)
+        kept = [p for p in reversed(checkpoint_candidates(self.directory))
+                if p not in skipped and _step_of(p) <= _step_of(restored) and tf.io.gfile.exists(p + ".index")]
+        tf.train.update_checkpoint_state(self.directory, restored, all_model_checkpoint_paths=kept[-self.max_to_keep:])
+        self._manager = None
+
+    def _delete_interrupted_writes(self):
+        if not tf.io.gfile.isdir(self.directory):
+            return
+        for name in tf.io.gfile.listdir(self.directory):
+            if _INTERRUPTED_WRITE.match(name.rstrip("/")):
+                logger.warning("Deleting %s, left by an interrupted checkpoint write.", name)
+                tf.io.gfile.rmtree(os.path.join(self.directory, name.rstrip("/")))
 
     def save(self, step):
         """Writes ``ckpt-<step>``; returns the chief's path (``None`` on other workers)."""

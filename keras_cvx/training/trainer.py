@@ -70,6 +70,20 @@ restored; when the iterator is not trackable (``MirroredStrategy``,
 ``MultiWorkerMirroredStrategy`` in TF 2.21) the input is replayed with
 ``dataset.skip(step)``, which gives the same batches for a deterministic pipeline.
 
+Labels: every batch's class ids are checked before the compiled step (an out-of-range id
+would otherwise be clamped silently by XLA's gather): ``y["labels"]`` (or an integer ``y``)
+of a model with an integer ``num_classes`` must be in ``[0, num_classes)`` or
+``PADDING_LABEL`` (-1); the integer ``y`` of a model compiled with
+``SparseCategoricalCrossentropy`` must be in ``[0, outputs)`` (or its ``ignore_class``). A bad
+batch raises a ``ValueError`` naming the step and the bad ids, before anything is changed.
+
+Checkpoints on resume (``keras_cvx.training.checkpoints``): the newest readable checkpoint is
+used, unreadable newer ones are reported by name, and a run directory whose checkpoints are
+all unreadable, or were written by another model or optimizer, raises ``CheckpointError``
+instead of starting over. The global batch size is saved too: under the default strategy,
+where the input position is restored, a changed batch size is a ``CheckpointError`` saying
+what changed; where the input is replayed it works, with a warning.
+
 The training ``step`` counts every step run (including skipped ones) and numbers the
 checkpoints; ``optimizer.iterations`` counts applied updates and drives the learning-rate
 schedule.
@@ -81,12 +95,15 @@ import keras
 import tensorflow as tf
 
 from keras_cvx.losses.replicas import LOSS_NORMALIZERS
-from keras_cvx.training.checkpoints import TrainingCheckpoint, is_chief
+from keras_cvx.training.checkpoints import CheckpointError, TrainingCheckpoint, is_chief
 from keras_cvx.training.progress import TrainingProgress
 from keras_cvx.training.summaries import ScalarWriter
-from keras_cvx.validation import require_positive, require_positive_int
+from keras_cvx.validation import PADDING_LABEL, require_positive, require_positive_int
 
 logger = logging.getLogger(__name__)
+
+# The start of the run-time label check's message.
+_BAD_LABELS = "Class ids must be in"
 
 # Bits of the per-step status: what was not finite.
 _LOSS, _GRADIENTS, _STATE = 1, 2, 4
@@ -210,6 +227,11 @@ class Trainer:
                 0, dtype=tf.int64, trainable=False, name="skipped_steps",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
+            # the global batch size the checkpoints were written with (checked on resume)
+            self._checkpoint_batch_size = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="global_batch_size",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
         self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=self.jit_compile)
         self._loss_normalizers = None
         if callable(getattr(model, "loss_normalizers", None)):
@@ -262,8 +284,54 @@ class Trainer:
                 contribution[i] = value - _tf_variable(v) if v.aggregation == "sum" else value / replicas
         return contribution
 
+    def _label_bound(self, y):
+        """``(labels, num_classes, padding)`` to check in ``y``, or ``None``: ``y["labels"]``
+        (or an integer ``y``) of a model with an integer ``num_classes`` (every keras_cvx model;
+        padding ``PADDING_LABEL``), or the integer ``y`` of a model compiled with
+        ``SparseCategoricalCrossentropy`` (its output's last dimension; padding its
+        ``ignore_class``)."""
+        num_classes = getattr(self.model, "num_classes", None)
+        if isinstance(num_classes, int) and not isinstance(num_classes, bool):
+            if isinstance(y, dict) and "labels" in y:
+                return y["labels"], num_classes, PADDING_LABEL
+            if tf.is_tensor(y) and y.dtype.is_integer:
+                return y, num_classes, PADDING_LABEL
+            return None
+        loss = getattr(self.model, "loss", None)
+        sparse = loss == "sparse_categorical_crossentropy" or isinstance(
+            loss, keras.losses.SparseCategoricalCrossentropy)
+        outputs = getattr(self.model, "outputs", None)
+        if sparse and tf.is_tensor(y) and y.dtype.is_integer and outputs and len(outputs) == 1:
+            classes = outputs[0].shape[-1]
+            return (y, classes, getattr(loss, "ignore_class", None)) if classes else None
+        return None
+
+    def _checked_labels(self, y):
+        """``y`` after a run-time check (outside XLA, before anything is computed or committed)
+        that its class ids are in ``[0, num_classes)`` or ``PADDING_LABEL``: an out-of-range id
+        would be clamped silently by XLA's gather."""
+        bound = self._label_bound(y)
+        if bound is None:
+            return y
+        labels, num_classes, padding = bound
+        labels = tf.cast(labels, tf.int64)
+        bad = tf.logical_or(labels < 0, labels >= num_classes)
+        if padding is not None:
+            bad = tf.logical_and(bad, tf.not_equal(labels, padding))
+        allowed = f"[0, {num_classes}) for num_classes={num_classes}" + (
+            "" if padding is None else f" or {padding} for padding")
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(bad)),
+            [f"{_BAD_LABELS} {allowed}; the batch of step", self.step + 1, "holds",
+             tf.boolean_mask(labels, bad)],
+            summarize=10,
+        )
+        with tf.control_dependencies([check]):
+            return tf.nest.map_structure(tf.identity, y)
+
     def _replica_step(self, x, y, sample_weight):
         context = tf.distribute.get_replica_context()
+        y = self._checked_labels(y)
         if self._loss_normalizers is not None and isinstance(y, dict):
             counts = self._loss_normalizers(y)
             counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)
@@ -373,13 +441,15 @@ class Trainer:
         checkpoint = None
         if self.model_dir is not None:
             trackables = dict(
-                model=self.model, optimizer=self.optimizer, step=self.step, skipped_steps=self.skipped_steps
+                model=self.model, optimizer=self.optimizer, step=self.step, skipped_steps=self.skipped_steps,
+                global_batch_size=self._checkpoint_batch_size,
             )
             if iterator_saved:
                 trackables["iterator"] = iterator
             checkpoint = TrainingCheckpoint(self.model_dir, self.strategy, self.max_checkpoints, **trackables)
-            if self.resume:
-                checkpoint.restore_latest()
+            if self.resume and checkpoint.restore_latest() is not None:
+                self._check_batch_size(global_batch, iterator_saved)
+            self._checkpoint_batch_size.assign(global_batch)
         if iterator is None:
             # Replays the input up to the restored step (one iterator only: a seeded
             # reshuffling pipeline advances its seed with every iterator made from it).
@@ -398,6 +468,11 @@ class Trainer:
         while step < steps:
             try:
                 loss, status = self._train_step(iterator)
+            except tf.errors.InvalidArgumentError as error:
+                if _BAD_LABELS not in error.message:
+                    raise
+                detail = error.message[error.message.index(_BAD_LABELS):].split("\n")[0].replace("] [", " ").rstrip("]")
+                raise ValueError(f"Bad labels, nothing was trained on this batch: {detail}") from error
             except tf.errors.OutOfRangeError:
                 end_of_data = True
                 logger.warning("The dataset ended after step %d of %d; saving and stopping (repeat the "
@@ -437,6 +512,22 @@ class Trainer:
         results.update(step=step, loss=float(loss), skipped_steps=int(self.skipped_steps.numpy()),
                        end_of_data=end_of_data)
         return results
+
+    def _check_batch_size(self, global_batch, iterator_saved):
+        """A changed global batch size on resume: the saved input position (default strategy)
+        is for the old batches, so that is an error; where the input is replayed it works."""
+        saved = int(self._checkpoint_batch_size.numpy())
+        if saved == global_batch:
+            return
+        message = (f"The checkpoint of step {int(self.step.numpy())} in {self.model_dir!r} was written with global "
+                   f"batch size {saved}; this run's dataset has {global_batch}.")
+        if iterator_saved:
+            raise CheckpointError(
+                f"{message} The saved input position holds batches of {saved}: resume with batch size {saved}, or "
+                "pass resume=False or another model_dir to start over."
+            )
+        logger.warning("%s Continuing with %d (the input is replayed with dataset.skip(step), so the data seen "
+                       "from here on differs from a run that kept %d).", message, global_batch, saved)
 
     def _save(self, checkpoint, step):
         """Writes a checkpoint unless a variable holds a non-finite value (then raises)."""
