@@ -8,10 +8,37 @@ returns ``boxes`` ``[B, N, 4]`` ``xyxy`` pixels of the model input, ``scores`` `
 
 - ``serving_default``: ``images`` uint8 ``[B, H, W, 3]``, any ``H, W``.
 - ``image_bytes``: ``image_bytes`` string ``[B]`` of encoded JPEG/PNG/BMP/GIF images, each
-  of any size (decoded to 3 channels).
+  of any size up to ``max_pixels`` (set at export, 40,000,000 by default; decoded to 3
+  channels).
+
+Serving limits of ``image_bytes``: each image's width and height are read from its headers
+inside the graph before anything is decoded, and an image above ``max_pixels`` is refused
+(``image 2 of the batch: 16000x16000 pixels (width x height) is above the limit of 40000000
+set at export (max_pixels)``), so a small file that declares a huge image (a 0.75 MB PNG of
+16000 x 16000 pixels decodes to 768 MB) costs almost nothing. The headers read:
+
+- PNG: IHDR, big-endian 32-bit width and height at bytes 16..24.
+- JPEG: the first SOFn segment (height, width), found by walking the marker segments.
+- BMP: little-endian int32 width at byte 18 and height at 22 (its sign ignored), as
+  TensorFlow's BMP decoder reads them.
+- GIF: not the logical screen (bytes 6..10), which TensorFlow's GIF decoder ignores, but
+  every frame's image descriptor, found by walking the blocks: that decoder's canvas is the
+  largest frame width x the largest frame height, and it reads every frame (one byte a
+  pixel) even when only the first is returned. The pixels counted for a GIF are the larger
+  of its canvas and all its frames' pixels together; a GIF of more than 131,072 blocks and
+  sub-blocks (about 33 MB) is refused as malformed rather than walked further.
+
+Bytes that start with none of these four signatures (WebP and JPEG XL included, which
+``tf.io.decode_image`` would decode) and truncated or malformed headers are refused too,
+naming the image's index in the batch. ``serving_default`` has no such limit: its tensor is
+already in memory and, since images are resized from uint8 (below), a request costs little
+more than its own size.
 
 Each image is resized keeping its aspect ratio and zero-padded at the bottom/right to
-``image_size`` (``keras_cvx.data.transforms.resize_and_pad``, the training resize). Outputs,
+``image_size`` (``keras_cvx.data.transforms.resize_and_pad``, the training resize). The
+bilinear resize reads the uint8 image directly (``ResizeBilinear`` computes in float32 from
+uint8 input exactly as from its float32 copy), so no full-size float32 copy is made (4 bytes
+a pixel and channel instead of 1); the values are those of ``resize_and_pad``. Outputs,
 named as TF Model Garden's detection contract:
 
 - ``detection_boxes`` float32 ``[B, N, 4]``: ``[ymin, xmin, ymax, xmax]`` normalised to
@@ -41,27 +68,203 @@ named as TF Model Garden's detection contract:
   at the input resolution) are resized, so boundaries can move by up to one input pixel.
 
 Requests are checked inside the graph: an empty batch, an image with zero height or
-width, or bytes that do not decode raise ``InvalidArgumentError`` with a message saying
-so, as does a wrong rank or channel count (the signatures declare unknown rank so
-that this check, not a shape error deep in the graph, answers); a wrong dtype is refused
-by the signature itself. A failed request leaves no
-state behind, so the model keeps answering good requests.
+width, bytes that are not a PNG/JPEG/GIF/BMP image, a truncated header, an image above
+``max_pixels`` or bytes that do not decode raise ``InvalidArgumentError`` with a message
+saying so (for the header checks, with the image's index in the batch), as does a wrong
+rank or channel count (the signatures declare unknown rank so that this check, not a shape
+error deep in the graph, answers); a wrong dtype is refused by the signature itself. A
+failed request leaves no state behind, so the model keeps answering good requests.
 """
 
 import keras
 import tensorflow as tf
 
 from keras_cvx.data.transforms import resize_and_pad
+from keras_cvx.validation import require_positive_int
+
+# (name, signatures) of the formats whose size is read from the header, in _header_size's order
+_FORMATS = (
+    ("PNG", (b"\x89PNG\r\n\x1a\n",)),
+    ("JPEG", (b"\xff\xd8\xff",)),
+    ("GIF", (b"GIF87a", b"GIF89a")),
+    ("BMP", (b"BM",)),
+)
+_HEAD = 32  # header bytes read for PNG/BMP
+_JPEG_MAX_SEGMENTS = 1024  # marker segments (and fill bytes) walked before the SOFn is given up
+_GIF_MAX_BLOCKS = 1 << 17  # GIF blocks and sub-blocks walked at most (~33 MB of 255-byte sub-blocks)
 
 
 def _prepare(image, image_size):
-    """uint8 ``[H, W, 3]`` -> (float32 padded model input, scale, original ``[H, W]``)."""
+    """uint8 ``[H, W, 3]`` -> (float32 padded model input, scale, original ``[H, W]``).
+
+    Equal to ``resize_and_pad(image, image_size)``, without its full-size float32 copy: the
+    uint8 image is resized to the size ``resize_and_pad`` computes (ResizeBilinear reads uint8
+    and computes in float32 as it does from the float32 copy), then ``resize_and_pad`` of that
+    resized image has scale 1 (one side already fills ``image_size``), an exact identity
+    resize, and pads it."""
     shape = tf.shape(image)[:2]
     with tf.control_dependencies(
         [tf.debugging.assert_positive(shape, message="every image must have a positive height and width")]
     ):
-        padded, scale = resize_and_pad(image, image_size)
-    return padded, scale, tf.cast(shape, tf.float32)
+        size = tf.cast(shape, tf.float32)
+    scale = tf.minimum(image_size[0] / size[0], image_size[1] / size[1])
+    new_size = tf.clip_by_value(tf.cast(tf.round(size * scale), tf.int32), 1, image_size)
+    resized = tf.image.resize(image, new_size, method="bilinear")
+    padded, _ = resize_and_pad(resized, image_size)
+    return padded, scale, size
+
+
+def _header_size(data):
+    """``(format index into _FORMATS (len(_FORMATS) = none), header complete, height, width,
+    pixels decoded)`` (int64; pixels float64) of the encoded image ``data``, read from its
+    headers without decoding it."""
+    length = tf.cast(tf.strings.length(data), tf.int64)
+    byte = _bytes_at(data, 0, _HEAD)
+
+    def number(start, count, big_endian):
+        order = range(count) if big_endian else reversed(range(count))
+        value = tf.constant(0, tf.int64)
+        for k in order:
+            value = value * 256 + byte[start + k]
+        return value
+
+    def signed_abs(value):  # |int32| of an unsigned 32-bit value
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    def still(complete, height, width):  # one frame: height x width pixels
+        return complete, height, width, tf.cast(height, tf.float64) * tf.cast(width, tf.float64)
+
+    kind = tf.constant(len(_FORMATS), tf.int32)
+    for index in reversed(range(len(_FORMATS))):
+        match = tf.reduce_any([tf.equal(tf.strings.substr(data, 0, len(s)), s) for s in _FORMATS[index][1]])
+        kind = tf.where(match, index, kind)
+    ihdr = tf.reduce_all(tf.equal(byte[12:16], tf.constant(list(b"IHDR"), tf.int64)))
+    branches = [
+        lambda: still((length >= 24) & ihdr, number(20, 4, True), number(16, 4, True)),  # PNG IHDR first
+        lambda: still(*_jpeg_size(data, length)),
+        lambda: _gif_size(data, length),
+        lambda: still(length >= 26, signed_abs(number(22, 4, False)), signed_abs(number(18, 4, False))),  # BMP
+        lambda: still(tf.constant(False), tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+    ]
+    complete, height, width, pixels = tf.switch_case(kind, branches)
+    return kind, complete, height, width, pixels
+
+
+def _bytes_at(data, pos, count):
+    """int64 ``[count]``: bytes ``pos .. pos + count`` of ``data`` (``pos <= len(data)``),
+    zeros past its end."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, pos, count), b"\0" * count]), 0, count)
+    return tf.cast(tf.reshape(tf.io.decode_raw(head, tf.uint8), [count]), tf.int64)
+
+
+def _gif_size(data, length):
+    """``(found a frame, height, width, pixels decoded)`` of GIF ``data``. TensorFlow's GIF
+    decoder ignores the logical screen size: its canvas is the largest frame width x the
+    largest frame height, and it reads every frame (one byte a pixel) even when only the
+    first is returned, so every image descriptor is visited, walking the blocks (an
+    extension or the image data is a chain of sub-blocks, each a size byte and that many
+    bytes, ended by a 0) until the trailer, the end of the data or an unknown block. Pixels
+    decoded: the largest of the canvas and the frames' pixels together."""
+    raw = tf.concat([tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int64), tf.zeros([16], tf.int64)], 0)
+    table = tf.where(raw[10] >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), raw[10] % 8), 0)
+    offsets = tf.range(10, dtype=tf.int64)
+
+    def skip_chain(pos, left):
+        """Past the sub-blocks starting at ``pos`` and their 0 terminator, and the budget left."""
+        def more(p, left):
+            return (left > 0) & (p < length) & tf.not_equal(raw[tf.minimum(p, length)], 0)
+
+        end, left = tf.while_loop(more, lambda p, left: (p + 1 + raw[p], left - 1), (pos, left))
+        return end + 1, tf.where(more(end, tf.constant(1, tf.int64)), tf.constant(-1, tf.int64), left)
+
+    def block(pos, left, frames, height, width, pixels, done):
+        seg = tf.gather(raw, pos + offsets)
+        image, extension = tf.equal(seg[0], 0x2C), tf.equal(seg[0], 0x21)
+        frame_w, frame_h = seg[5] + 256 * seg[6], seg[7] + 256 * seg[8]
+        local = tf.where(seg[9] >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), seg[9] % 8), 0)
+        # image: descriptor, local colour table, LZW code size byte, data; extension: 0x21, label, data
+        chain = tf.where(image, pos + 11 + local, pos + 2)
+        done = tf.logical_not(image | extension)  # the trailer 0x3B or an unknown block
+        pos, left = tf.cond(done, lambda: (pos, left), lambda: skip_chain(chain, left - 1))
+        frames += tf.cast(image, tf.int64)
+        pixels += tf.where(image, tf.cast(frame_w * frame_h, tf.float64), 0.0)
+        height = tf.where(image, tf.maximum(height, frame_h), height)
+        width = tf.where(image, tf.maximum(width, frame_w), width)
+        return pos, left, frames, height, width, pixels, done
+
+    zero = tf.constant(0, tf.int64)
+    pos, left, frames, height, width, pixels, done = tf.while_loop(
+        lambda pos, left, frames, height, width, pixels, done: tf.logical_not(done) & (pos < length) & (left >= 0),
+        block,
+        (13 + table, tf.constant(_GIF_MAX_BLOCKS, tf.int64), zero, zero, zero, tf.constant(0.0, tf.float64),
+         tf.constant(False)),
+    )
+    canvas = tf.cast(height, tf.float64) * tf.cast(width, tf.float64)
+    # walked to the end within the budget (left is -1 once a chain was cut short)
+    complete = (length >= 13) & (frames > 0) & (done | (pos >= length)) & (left >= 0)
+    return complete, height, width, tf.maximum(canvas, pixels)
+
+
+def _jpeg_size(data, length):
+    """``(found, height, width)`` from the first SOFn segment of JPEG ``data``, walking the
+    marker segments after SOI (``FF xx`` + big-endian length; fill bytes ``FF`` and the
+    standalone markers TEM/RSTn skipped). SOF0..SOF15 are the markers C0..CF except DHT (C4),
+    JPG (C8) and DAC (CC); their height is at offset 5 and width at 7 (16-bit big-endian)."""
+
+    def walk(pos, found, height, width):
+        seg = _bytes_at(data, pos, 9)
+        marker = seg[1]
+        is_sof = (marker >= 0xC0) & (marker <= 0xCF) & tf.logical_not(
+            tf.equal(marker, 0xC4) | tf.equal(marker, 0xC8) | tf.equal(marker, 0xCC)
+        )
+        standalone = tf.equal(marker, 0x01) | ((marker >= 0xD0) & (marker <= 0xD8))
+        segment = seg[2] * 256 + seg[3]
+        # not a marker, EOI/SOS before any SOF, or a segment shorter than its length field: stop
+        broken = tf.not_equal(seg[0], 0xFF) | tf.equal(marker, 0xD9) | tf.equal(marker, 0xDA)
+        broken |= tf.logical_not(is_sof | standalone | tf.equal(marker, 0xFF)) & (segment < 2)
+        one, two = tf.constant(1, tf.int64), tf.constant(2, tf.int64)
+        step = tf.where(tf.equal(marker, 0xFF), one, tf.where(standalone, two, 2 + segment))
+        pos = tf.where(broken, length, tf.where(is_sof, pos, pos + step))
+        found = is_sof & tf.logical_not(broken)
+        return pos, found, tf.where(found, seg[5] * 256 + seg[6], height), tf.where(found, seg[7] * 256 + seg[8], width)
+
+    zero = tf.constant(0, tf.int64)
+    _, found, height, width = tf.while_loop(
+        lambda pos, found, height, width: tf.logical_not(found) & (pos + 9 <= length),
+        walk,
+        (tf.constant(2, tf.int64), tf.constant(False), zero, zero),
+        maximum_iterations=_JPEG_MAX_SEGMENTS,
+    )
+    return found, height, width
+
+
+@tf.autograph.experimental.do_not_convert  # explicit tf control flow only: no conversion (faster export)
+def _decode_checked(data, index, max_pixels):
+    """uint8 ``[H, W, 3]`` of encoded ``data``, image ``index`` of the batch; its format, header
+    and size (pixels decoded ``<= max_pixels``) are checked from its headers before it is
+    decoded."""
+    kind, complete, height, width, pixels = _header_size(data)
+    prefix = tf.strings.join(["image ", tf.strings.as_string(index), " of the batch: "])
+    names = tf.constant([name for name, _ in _FORMATS] + ["?"])
+    known = tf.debugging.Assert(
+        kind < len(_FORMATS), [tf.strings.join([prefix, "not a PNG, JPEG, GIF or BMP image (unknown signature)"])]
+    )
+    with tf.control_dependencies([known]):
+        header = tf.debugging.Assert(
+            complete & (height > 0) & (width > 0),
+            [tf.strings.join([prefix, "truncated or malformed ", tf.gather(names, kind), " header"])],
+        )
+    with tf.control_dependencies([header]):
+        size = tf.strings.join([tf.strings.as_string(width), "x", tf.strings.as_string(height)])
+        frames = tf.strings.join([", ", tf.strings.as_string(pixels, precision=0), " in all its GIF frames,"])
+        single = tf.equal(pixels, tf.cast(height, tf.float64) * tf.cast(width, tf.float64))
+        limit = tf.debugging.Assert(
+            pixels <= max_pixels,
+            [tf.strings.join([prefix, size, " pixels (width x height)", tf.where(single, "", frames),
+                              f" is above the limit of {max_pixels} set at export (max_pixels)"])],
+        )
+    with tf.control_dependencies([limit]):
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
 def _checked(tensor, rank, channels, message):
@@ -86,29 +289,30 @@ class _Serving:
     """The two signature bodies over one model (a plain object; ``ExportArchive`` tracks the
     model and saves the ``tf.function`` endpoints)."""
 
-    def __init__(self, model, image_size, normalized_coordinates, mask_resolution="auto"):
+    def __init__(self, model, image_size, normalized_coordinates, mask_resolution="auto", max_pixels=40_000_000):
         self.model = model
         self.image_size = image_size
         self.normalized_coordinates = normalized_coordinates
         self.mask_resolution = mask_resolution
+        self.max_pixels = max_pixels
 
     def detect_images(self, images):
         images = _checked(images, 4, 3, "`images` must be uint8 [batch, height, width, 3]")
-        return self._detect(*self._prepare_each(lambda image: image, images))
+        return self._detect(*self._prepare_each(lambda image, index: image, images))
 
     def detect_bytes(self, image_bytes):
         image_bytes = _checked(image_bytes, 1, None, "`image_bytes` must be a string vector [batch]")
 
-        def decode(data):
-            return tf.io.decode_image(data, channels=3, expand_animations=False)
+        def decode(data, index):
+            return _decode_checked(data, index, self.max_pixels)
 
         return self._detect(*self._prepare_each(decode, image_bytes))
 
     def _prepare_each(self, to_image, elements):
-        """``(padded, scales, sizes)`` from ``_prepare(to_image(element))`` for each element."""
+        """``(padded, scales, sizes)`` from ``_prepare(to_image(element, index))`` for each element."""
         return tf.map_fn(
-            lambda element: _prepare(to_image(element), self.image_size),
-            elements,
+            lambda args: _prepare(to_image(args[1], args[0]), self.image_size),
+            (tf.range(tf.shape(elements)[0]), elements),
             fn_output_signature=(
                 tf.TensorSpec([*self.image_size, 3], tf.float32),
                 tf.TensorSpec([], tf.float32),
@@ -178,7 +382,8 @@ def _masks_to_original(masks, scales, sizes, image_size):
                      fn_output_signature=tf.TensorSpec([masks.shape[1], None, None], tf.float32))
 
 
-def export_saved_model(model, path, image_size, normalized_coordinates=True, mask_resolution="auto"):
+def export_saved_model(model, path, image_size, normalized_coordinates=True, mask_resolution="auto",
+                       max_pixels=40_000_000):
     """Writes ``model`` as a SavedModel with the ``serving_default`` and ``image_bytes``
     signatures (see the module docstring) and returns ``path``.
 
@@ -191,6 +396,8 @@ def export_saved_model(model, path, image_size, normalized_coordinates=True, mas
         mask_resolution: ``detection_masks`` at the original image size (``"original"``; the
             model's masks must cover its whole input), as ``predict_step`` returns them
             (``"model"``), or ``"auto"`` (default): original for full-image masks.
+        max_pixels: the ``image_bytes`` signature refuses an image whose header declares more
+            than this many pixels (height x width), before decoding it.
     """
     if mask_resolution not in ("auto", "original", "model"):
         raise ValueError(f"`mask_resolution` must be 'auto', 'original' or 'model', got {mask_resolution!r}.")
@@ -201,9 +408,10 @@ def export_saved_model(model, path, image_size, normalized_coordinates=True, mas
     ):
         raise ValueError(f"`image_size` must be (height, width) positive integers, got {image_size!r}.")
     image_size = tuple(image_size)
+    max_pixels = require_positive_int("max_pixels", max_pixels)
     if not model.built:
         raise ValueError("`model` must be built (call it once on a batch) before export.")
-    serving = _Serving(model, image_size, bool(normalized_coordinates), mask_resolution)
+    serving = _Serving(model, image_size, bool(normalized_coordinates), mask_resolution, max_pixels)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(

@@ -3,18 +3,24 @@
 ``model.predict_step`` mapped back to the original image (NumPy reference); bad requests
 fail clearly and the model keeps answering."""
 
+import io
 import os
+import resource
+import struct
 import subprocess
 import sys
+import time
+import zlib
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from PIL import Image
 
 from keras_cvx.data.transforms import resize_and_pad
-from keras_cvx.export.saved_model import export_saved_model
+from keras_cvx.export.saved_model import _header_size, _prepare, export_saved_model
 from keras_cvx.losses.replicas import normalized_sum
 
 SIZE = (32, 32)
@@ -25,7 +31,9 @@ TOP_K = 5
 class ToyDetector(keras.Model):
     """4x4 grid of 8x8 cell boxes; per-cell scores for 2 classes from a strided conv; the
     top-5 cells are the detections, those with score <= 0.5 are padding (class -1).
-    ``compute_loss`` takes the detector target contract (``boxes``, ``labels`` with -1)."""
+    ``compute_loss`` takes the detector target contract (``boxes``, ``labels`` with -1).
+    ``with_masks=True``: 3x3 masks (not full-image); ``"full"``: full-image 0/1 masks
+    ``[B, 5, 32, 32]``, each detection's cell box."""
 
     def __init__(self, with_masks=False, **kwargs):
         super().__init__(**kwargs)
@@ -67,7 +75,13 @@ class ToyDetector(keras.Model):
             "classes": ops.where(keep, ops.cast(classes, "int32"), -1),
             "num_detections": ops.sum(ops.cast(keep, "int32"), axis=1),
         }
-        if self.with_masks:
+        if self.with_masks == "full":
+            grid = ops.arange(SIZE[0], dtype="float32") + 0.5
+            box = out["boxes"][:, :, None, None, :]
+            inside_x = (grid[None, None, None, :] > box[..., 0]) & (grid[None, None, None, :] < box[..., 2])
+            inside_y = (grid[None, None, :, None] > box[..., 1]) & (grid[None, None, :, None] < box[..., 3])
+            out["masks"] = ops.cast(inside_x & inside_y, "float32")
+        elif self.with_masks:
             out["masks"] = ops.sigmoid(ops.tile(ops.reshape(logits[:, :TOP_K, 0], (-1, TOP_K, 1, 1)), (1, 1, 3, 3)))
         return out
 
@@ -181,12 +195,125 @@ def test_bad_requests_fail_clearly_and_model_keeps_answering(exported):
         serve(images=tf.zeros((0, 32, 32, 3), tf.uint8))
     with pytest.raises(tf.errors.InvalidArgumentError, match="positive height and width"):
         serve(images=tf.zeros((1, 0, 32, 3), tf.uint8))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format|decode"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image 0 of the batch: not a PNG, JPEG, GIF or BMP"):
         by_bytes(image_bytes=tf.constant([b"not an image at all"]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
         by_bytes(image_bytes=tf.constant([], tf.string))
     check(serve(images=tf.constant(good)), expected(model, good))
     check(by_bytes(image_bytes=tf.constant([tf.io.encode_png(good[0]).numpy()])), expected(model, good))
+
+
+def _encoded(image, fmt, **kwargs):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _png_declaring(width, height):
+    """A small PNG whose IHDR (and its CRC) is patched to say ``width x height``."""
+    data = bytearray(_encoded(_images((8, 8, 3), 9), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_image_bytes_refuses_a_huge_image_from_its_header(exported):
+    model, _, loaded = exported
+    by_bytes = loaded.signatures["image_bytes"]
+    good = _images((1, 30, 20, 3), 10)
+    png = tf.io.encode_png(good[0]).numpy()
+    huge = _png_declaring(16000, 16000)  # 768 MB once decoded
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    start = time.perf_counter()
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"image 2 of the batch: 16000x16000 pixels \(width x height\) is above the limit of 40000000 set at "
+              r"export \(max_pixels\)",
+    ):
+        by_bytes(image_bytes=tf.constant([png, png, huge]))
+    seconds = time.perf_counter() - start
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    assert seconds < 5 and grown < 200 * 1024, (seconds, grown)
+    check(by_bytes(image_bytes=tf.constant([png])), expected(model, good))
+
+
+def test_header_sizes_equal_decoded_sizes():
+    """Sizes read from the header equal ``tf.io.decode_image``'s for files written by PIL."""
+    header = tf.function(_header_size)
+    rgb = _images((37, 53, 3), 11)
+    cases = {
+        "png": _encoded(rgb, "PNG"),
+        "png palette": _encoded(np.asarray(Image.fromarray(rgb).convert("P")), "PNG"),
+        "png 16-bit grey": _encoded(np.asarray(rgb[..., 0], np.uint16) * 257, "PNG"),
+        "jpeg": _encoded(rgb, "JPEG"),
+        "jpeg progressive": _encoded(rgb, "JPEG", progressive=True),
+        "jpeg grey, exif, icc": _encoded(rgb[..., 0], "JPEG", exif=b"Exif\0\0" + bytes(3000), icc_profile=bytes(70000)),
+        "gif": _encoded(rgb, "GIF"),
+        "bmp": _encoded(rgb, "BMP"),
+    }
+    frames = [Image.fromarray(_images((37, 53, 3), 20 + i)) for i in range(3)]
+    animated = io.BytesIO()
+    frames[0].save(animated, "GIF", save_all=True, append_images=frames[1:], comment=b"c" * 600)
+    cases["gif 3 frames"] = animated.getvalue()
+    small_screen = bytearray(cases["gif"])
+    small_screen[6:10] = struct.pack("<HH", 5, 5)  # TensorFlow ignores the logical screen
+    cases["gif 5x5 screen"] = bytes(small_screen)
+    bottom_up = bytearray(cases["bmp"])
+    bottom_up[22:26] = struct.pack("<i", -37)  # top-down rows: negative height
+    cases["bmp top-down"] = bytes(bottom_up)
+    for name, data in cases.items():
+        kind, complete, height, width, _ = (t.numpy() for t in header(tf.constant(data)))
+        decoded = tf.io.decode_image(data, channels=3, expand_animations=False).shape
+        assert complete and (height, width) == tuple(decoded[:2]) == (37, 53), (name, kind, height, width)
+    assert header(tf.constant(cases["gif 3 frames"]))[4].numpy() == 3 * 37 * 53
+    for truncated in (cases["png"][:23], cases["jpeg"][:30], cases["gif"][:12], cases["bmp"][:25]):
+        assert not header(tf.constant(truncated))[1].numpy()
+
+
+def test_max_pixels_limit_is_inclusive_and_bad_images_name_their_index(tmp_path):
+    model = make_detector()
+    with pytest.raises(ValueError, match="max_pixels"):
+        export_saved_model(model, str(tmp_path / "bad"), SIZE, max_pixels=0)
+    path = export_saved_model(model, str(tmp_path / "limit"), SIZE, max_pixels=64 * 64)
+    loaded = tf.saved_model.load(path)
+    by_bytes, serve = loaded.signatures["image_bytes"], loaded.signatures["serving_default"]
+    at_limit, above = _images((64, 64, 3), 12), _images((17, 241, 3), 13)  # 4096 and 4097 pixels
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        outputs = by_bytes(image_bytes=tf.constant([_encoded(at_limit, fmt), _encoded(_images((1, 4096, 3), 14), fmt)]))
+        assert outputs["num_detections"].shape == (2,)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"image 1 of the batch: 241x17 pixels .* 4096 set"):
+            by_bytes(image_bytes=tf.constant([_encoded(at_limit, fmt), _encoded(above, fmt)]))
+    frames = [Image.fromarray(_images((40, 40, 3), 16 + i)) for i in range(3)]  # 3 x 1600 pixels
+    animated = io.BytesIO()
+    frames[0].save(animated, "GIF", save_all=True, append_images=frames[1:])
+    message = r"image 0 of the batch: 40x40 pixels \(width x height\), 4800 in all its GIF frames, is above the limit"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        by_bytes(image_bytes=tf.constant([animated.getvalue()]))
+    png = _encoded(at_limit, "PNG")
+    bad = [
+        ("not a PNG, JPEG, GIF or BMP image", b"RIFF\0\0\0\0WEBPVP8 "),
+        ("truncated or malformed PNG header", png[:20]),
+        ("truncated or malformed PNG header", _png_declaring(0, 8)),
+        ("truncated or malformed JPEG header", _encoded(at_limit, "JPEG")[:100]),  # before its SOF0
+        ("truncated or malformed GIF header", _encoded(at_limit, "GIF")[:8]),
+        ("truncated or malformed BMP header", _encoded(at_limit, "BMP")[:25]),
+    ]
+    for message, data in bad:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="image 1 of the batch: " + message):
+            by_bytes(image_bytes=tf.constant([png, data, png]))
+    # the limit guards decoding only: serving_default takes a tensor that already exists
+    assert serve(images=tf.constant(_images((1, 100, 100, 3), 15)))["num_detections"].shape == (1,)
+    check(by_bytes(image_bytes=tf.constant([png])), expected(model, at_limit[None]))
+
+
+def test_uint8_resize_equals_resize_and_pad_exactly():
+    prepare = tf.function(_prepare, reduce_retracing=True)
+    for shape in ((24, 40), (48, 16), (1, 333), (1000, 3), (31, 33), (500, 700), (7, 4000)):
+        image = tf.constant(_images((*shape, 3), sum(shape)))
+        padded, scale, size = prepare(image, SIZE)
+        reference, reference_scale = resize_and_pad(image, SIZE)
+        np.testing.assert_array_equal(padded.numpy(), reference.numpy())
+        assert scale.numpy() == reference_scale.numpy() and tuple(size.numpy()) == shape
 
 
 def test_pixel_coordinates_option_and_argument_checks(tmp_path):
@@ -227,7 +354,7 @@ def test_export_of_model_built_under_mirrored_strategy(tmp_path):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import numpy as np
         from tests.export.test_saved_model import check, expected, make_detector
-        from keras_cvx.export.saved_model import export_saved_model
+        from keras_cvx.export.saved_model import _header_size, _prepare, export_saved_model
         with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
             model = make_detector()
         path = export_saved_model(model, {str(tmp_path / "mirrored")!r}, (32, 32))
