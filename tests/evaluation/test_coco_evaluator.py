@@ -125,11 +125,134 @@ def test_masks_at_a_stride_map_back_to_the_original_image(tmp_path):
     grid[0, 0, 2:6, 2:6] = 1.0
     evaluator.update(
         {"image_id": [1], "height": [16], "width": [16], "scale": [2.0]},
-        {"detection_boxes": [[[8, 8, 24, 24]]], "detection_scores": [[0.7]], "detection_classes": [[0]],
-         "num_detections": [1], "detection_masks": grid},
+        {"boxes": [[[8, 8, 24, 24]]], "scores": [[0.7]], "classes": [[0]], "num_detections": [1], "masks": grid},
     )
     result = evaluator.result()
     assert result["segm/AP"] == pytest.approx(1.0) and result["bbox/AP"] == pytest.approx(1.0)
+
+
+def _served(coco, image_ids, fmt="normalized", n=6, rng=None, mask_pad=(0, 0)):
+    """SavedModel-style outputs (``[ymin, xmin, ymax, xmax]``, float classes, 0/1 masks at the
+    original resolution padded to the largest image plus ``mask_pad``) built from the ground
+    truth of ``image_ids``; with ``rng`` the boxes are moved by up to 3 px and the first
+    object of each image is missed. Returns ``(image_info, outputs, coco-format detections)``."""
+    contiguous = {c: i for i, c in enumerate(sorted(coco.getCatIds()))}
+    images = coco.loadImgs(image_ids)
+    big_h = max(im["height"] for im in images) + mask_pad[0]
+    big_w = max(im["width"] for im in images) + mask_pad[1]
+    out = {
+        "detection_boxes": np.zeros((len(images), n, 4), np.float32),
+        "detection_scores": np.zeros((len(images), n), np.float32),
+        "detection_classes": np.full((len(images), n), -1.0, np.float32),
+        "num_detections": np.zeros((len(images),), np.int32),
+        "detection_masks": np.ones((len(images), n, big_h, big_w), np.float32),  # 1s outside the image
+        "image_info": np.zeros((len(images), 4, 2), np.float32),  # the served one: ignored
+    }
+    direct = []
+    for b, im in enumerate(images):
+        height, width = im["height"], im["width"]
+        out["detection_masks"][b, :, :height, :width] = 0.0
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[im["id"]]))[:n]
+        for i, ann in enumerate(anns):
+            x, y, w, h = ann["bbox"]
+            score = 0.9
+            if rng is not None:
+                x, y = np.clip([x, y] + rng.uniform(-3, 3, size=2), 0, [width - 1, height - 1])
+                w, h = min(w, width - x), min(h, height - y)
+                score = float(rng.uniform(0.1, 1.0))
+                if i == 0:
+                    continue
+            yxyx = np.array([y, x, y + h, x + w])
+            if fmt == "normalized":
+                yxyx = yxyx / np.array([height, width, height, width])
+            out["detection_boxes"][b, i] = yxyx
+            out["detection_scores"][b, i] = score
+            out["detection_classes"][b, i] = contiguous[ann["category_id"]]
+            out["detection_masks"][b, i, :height, :width] = coco.annToMask(ann)
+            direct.append(
+                {"image_id": im["id"], "category_id": ann["category_id"], "bbox": [x, y, w, h], "score": score}
+            )
+        out["num_detections"][b] = len(anns)
+    info = {"image_id": np.array(image_ids), "height": np.array([im["height"] for im in images]),
+            "width": np.array([im["width"] for im in images])}
+    return info, out, direct
+
+
+def _pycocotools_stats(coco, detections, iou_type="bbox"):
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = COCOeval(coco, coco.loadRes(detections), iou_type)
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    return reference.stats
+
+
+def test_served_outputs_of_perfect_detections_give_ap_one(shapes):
+    coco = COCO(shapes[0])
+    ids = sorted(coco.getImgIds())
+    for fmt in ("normalized", "pixels"):
+        evaluator = COCOEvaluator(shapes[0], served_box_format=fmt)
+        for start in (0, 4):  # masks padded beyond the image with ones: cropped, not resized
+            evaluator.update(*_served(coco, ids[start : start + 4], fmt, mask_pad=(3, 5))[:2])
+        result = evaluator.result()
+        for key in ("bbox/AP", "bbox/AP50", "bbox/AR100", "segm/AP", "segm/AR100"):
+            assert result[key] == pytest.approx(1.0), (fmt, key)
+
+
+def test_served_perturbed_boxes_match_pycocotools_in_both_formats(shapes):
+    coco = COCO(shapes[0])
+    ids = sorted(coco.getImgIds())
+    stats = {}
+    for fmt in ("normalized", "pixels"):
+        evaluator = COCOEvaluator(shapes[0], served_box_format=fmt)
+        direct = []
+        rng = np.random.default_rng(1)
+        for start in (0, 4):
+            info, out, dets = _served(coco, ids[start : start + 4], fmt, rng=rng)
+            del out["detection_masks"]
+            evaluator.update(info, out)
+            direct += dets
+        result = evaluator.result()
+        stats[fmt] = np.array([result[f"bbox/{name}"] for name in STAT_NAMES])
+        np.testing.assert_allclose(stats[fmt], _pycocotools_stats(coco, direct), atol=1e-4)
+        assert 0.05 < result["bbox/AP"] < 0.95 and "segm/AP" not in result
+    np.testing.assert_allclose(stats["normalized"], stats["pixels"], atol=1e-6)
+
+
+def test_unknown_image_id_is_refused_and_the_evaluator_keeps_working(shapes):
+    coco = COCO(shapes[0])
+    ids = sorted(coco.getImgIds())
+    evaluator = COCOEvaluator(shapes[0])
+    evaluator.update(*_served(coco, ids[:4])[:2])
+    info, out, _ = _served(coco, ids[4:])
+    bad = dict(info, image_id=np.array([ids[4], 987654, ids[6], ids[7]]))
+    with pytest.raises(ValueError, match="987654"):
+        evaluator.update(bad, out)
+    evaluator.update(info, out)
+    assert evaluator.result()["bbox/AP"] == pytest.approx(1.0)
+    assert evaluator.result()["segm/AP"] == pytest.approx(1.0)
+
+
+def test_bad_batches_are_refused_before_anything_is_kept(shapes):
+    coco = COCO(shapes[0])
+    ids = sorted(coco.getImgIds())
+    evaluator = COCOEvaluator(shapes[0])
+    info, out, _ = _served(coco, ids[:4])
+    mixed = dict(out, boxes=out["detection_boxes"])
+    with pytest.raises(ValueError, match=r"mixes SavedModel output names.*detection_boxes.*predict_step names.*boxes"):
+        evaluator.update(info, mixed)
+    with pytest.raises(ValueError, match="detection_scores"):
+        evaluator.update(info, {k: v for k, v in out.items() if k != "detection_scores"})
+    with pytest.raises(ValueError, match="same B"):
+        evaluator.update(info, dict(out, num_detections=out["num_detections"][:3]))
+    with pytest.raises(ValueError, match="original resolution"):  # masks in the model's frame
+        evaluator.update(info, dict(out, detection_masks=out["detection_masks"][:, :, :8, :8]))
+    with pytest.raises(ValueError, match="scale"):  # predict_step boxes need the resize scale
+        evaluator.update(info, {"boxes": out["detection_boxes"], "scores": out["detection_scores"],
+                                "classes": out["detection_classes"]})
+    with pytest.raises(ValueError, match="served_box_format"):
+        COCOEvaluator(shapes[0], served_box_format="xyxy")
+    assert evaluator.result()["bbox/AP"] == 0.0 and "segm/AP" not in evaluator.result()
 
 
 def test_no_detections_give_zeros(shapes):
