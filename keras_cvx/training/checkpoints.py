@@ -9,8 +9,8 @@ distributed input iterator). Checkpoints are numbered by the training step
 Resume never starts over silently and never loses a good checkpoint:
 
 - every checkpoint of ``directory`` is a candidate (those the ``checkpoint`` state file lists
-  and every ``ckpt-<step>.index`` / ``.data-*`` file, so a lost or unparsable state file
-  loses nothing), newest first;
+  and every ``ckpt-<step>.index`` / ``.data-*`` file, so a lost state file loses nothing; an
+  unparsable one is renamed to ``checkpoint.unreadable`` and rewritten), newest first;
 - a candidate is used only after all of its tensors were read back (a missing, truncated
   or corrupt file is found before anything is assigned); each unreadable one is reported
   by file name with the reason and the next older one is tried;
@@ -74,14 +74,17 @@ def _step_of(path):
     return int(os.path.basename(path).rsplit("-", 1)[1])
 
 
+def _checkpoint_state(directory):
+    """``(state proto or None, error or None)`` of the ``checkpoint`` state file."""
+    try:
+        return tf.train.get_checkpoint_state(directory), None
+    except Exception as error:  # protobuf's ParseError, UnicodeDecodeError, ...
+        return None, error
+
+
 def _listed_checkpoints(directory):
     """The prefixes the ``checkpoint`` state file lists ([] when it is missing or unparsable)."""
-    try:
-        state = tf.train.get_checkpoint_state(directory)
-    except Exception as error:  # a truncated text proto raises protobuf's ParseError
-        logger.warning("Ignoring the unreadable checkpoint state file in %s (%s); looking for the "
-                       "checkpoint files themselves.", directory, error)
-        return []
+    state, _ = _checkpoint_state(directory)
     if state is None:
         return []
     return [p if os.path.isabs(p) else os.path.join(directory, p) for p in state.all_model_checkpoint_paths]
@@ -138,8 +141,10 @@ class TrainingCheckpoint:
         )
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self._manager = None
+        self._state_unreadable = False
         if self._chief:
             self._delete_interrupted_writes()
+            self._set_aside_unreadable_state()
 
     @property
     def manager(self):
@@ -184,8 +189,8 @@ class TrainingCheckpoint:
         if unreadable:
             logger.warning("Resumed from %s, the newest readable checkpoint (skipped: %s).", path,
                            ", ".join(os.path.basename(p) for p in unreadable))
-            if self._chief:
-                self._forget(unreadable, path)
+        if self._chief and (unreadable or self._state_unreadable):
+            self._rewrite_state(unreadable, path)
         return path
 
     def _restore(self, path):
@@ -198,13 +203,28 @@ class TrainingCheckpoint:
                 "or pass resume=False or another directory to start over."
             ) from error
 
-    def _forget(self, unreadable, restored):
-        """Rewrites the state file to list the readable checkpoints up to ``restored`` only."""
+    def _rewrite_state(self, unreadable, restored):
+        """Rewrites the state file to list the readable checkpoints up to ``restored`` only, so
+        that the manager rotates them and never counts (or deletes for) unreadable ones."""
         skipped = set(unreadable)
         kept = [p for p in reversed(checkpoint_candidates(self.directory))
                 if p not in skipped and _step_of(p) <= _step_of(restored) and tf.io.gfile.exists(p + ".index")]
-        tf.train.update_checkpoint_state(self.directory, restored, all_model_checkpoint_paths=kept[-self.max_to_keep:])
+        tf.compat.v1.train.update_checkpoint_state(  # relative names, as the manager writes them
+            self.directory, os.path.basename(restored),
+            all_model_checkpoint_paths=[os.path.basename(p) for p in kept[-self.max_to_keep:]])
         self._manager = None
+
+    def _set_aside_unreadable_state(self):
+        """Renames an unparsable ``checkpoint`` state file to ``checkpoint.unreadable`` (the
+        checkpoints themselves are found by their file names)."""
+        state_file = os.path.join(self.directory, "checkpoint")
+        _, error = _checkpoint_state(self.directory)
+        if error is not None:
+            logger.warning("The checkpoint state file %s cannot be read (%s: %s); it is renamed to "
+                           "checkpoint.unreadable and the checkpoints are found by their file names.", state_file,
+                           type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            tf.io.gfile.rename(state_file, state_file + ".unreadable", overwrite=True)
+            self._state_unreadable = True
 
     def _delete_interrupted_writes(self):
         if not tf.io.gfile.isdir(self.directory):

@@ -90,12 +90,13 @@ schedule.
 """
 
 import logging
+import os
 
 import keras
 import tensorflow as tf
 
 from keras_cvx.losses.replicas import LOSS_NORMALIZERS
-from keras_cvx.training.checkpoints import CheckpointError, TrainingCheckpoint, is_chief
+from keras_cvx.training.checkpoints import CheckpointError, TrainingCheckpoint, checkpoint_candidates, is_chief
 from keras_cvx.training.progress import TrainingProgress
 from keras_cvx.training.summaries import ScalarWriter
 from keras_cvx.validation import PADDING_LABEL, require_positive, require_positive_int
@@ -449,6 +450,10 @@ class Trainer:
             checkpoint = TrainingCheckpoint(self.model_dir, self.strategy, self.max_checkpoints, **trackables)
             if self.resume and checkpoint.restore_latest() is not None:
                 self._check_batch_size(global_batch, iterator_saved)
+            elif not self.resume and checkpoint_candidates(self.model_dir):
+                logger.warning("resume=False: %r holds checkpoints up to %s; training starts over and its "
+                               "checkpoints replace them as they are written.", self.model_dir,
+                               os.path.basename(checkpoint_candidates(self.model_dir)[0]))
             self._checkpoint_batch_size.assign(global_batch)
         if iterator is None:
             # Replays the input up to the restored step (one iterator only: a seeded
@@ -465,9 +470,17 @@ class Trainer:
         progress = TrainingProgress(steps, global_batch, verbose=self.verbose if self.is_chief else 0)
         progress.images_per_second(step)
         loss, consecutive_nonfinite, end_of_data = float("nan"), 0, False
+        first_step = step
         while step < steps:
             try:
                 loss, status = self._train_step(iterator)
+            except (ValueError, TypeError) as error:
+                if step != first_step:  # tracing happens on the first step of a fit call
+                    raise
+                raise type(error)(
+                    f"The first training step failed while tracing the model on the dataset's inputs "
+                    f"{dataset.element_spec[0]} (the first dimension is the global batch; is the dataset batched?): "
+                    f"{error}") from error
             except tf.errors.InvalidArgumentError as error:
                 if _BAD_LABELS not in error.message:
                     raise
