@@ -29,12 +29,13 @@ def resize_and_pad(image, output_size):
     """
     out_h, out_w = _output_size(output_size)
     image = tf.convert_to_tensor(image)
-    image = tf.cast(image, tf.float32)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = tf.minimum(out_h / shape[0], out_w / shape[1])
     new_h = tf.clip_by_value(tf.cast(tf.round(shape[0] * scale), tf.int32), 1, out_h)
     new_w = tf.clip_by_value(tf.cast(tf.round(shape[1] * scale), tf.int32), 1, out_w)
-    resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
+    # bilinear resize reads uint8 directly and computes in float32 (the values of resizing a
+    # float32 copy), so no full-size float32 copy of a large image is made
+    resized = tf.cast(tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear"), tf.float32)
     resized = tf.clip_by_value(resized, 0.0, 255.0)
     padded = tf.pad(resized, [[0, out_h - new_h], [0, out_w - new_w], [0, 0]])
     padded = tf.ensure_shape(padded, [out_h, out_w, image.shape[-1]])

@@ -35,10 +35,8 @@ already in memory and, since images are resized from uint8 (below), a request co
 more than its own size.
 
 Each image is resized keeping its aspect ratio and zero-padded at the bottom/right to
-``image_size`` (``keras_cvx.data.transforms.resize_and_pad``, the training resize). The
-bilinear resize reads the uint8 image directly (``ResizeBilinear`` computes in float32 from
-uint8 input exactly as from its float32 copy), so no full-size float32 copy is made (4 bytes
-a pixel and channel instead of 1); the values are those of ``resize_and_pad``. Outputs,
+``image_size`` (``keras_cvx.data.transforms.resize_and_pad``, the training resize, which
+resizes the uint8 image directly: no full-size float32 copy is made). Outputs,
 named as TF Model Garden's detection contract:
 
 - ``detection_boxes`` float32 ``[B, N, 4]``: ``[ymin, xmin, ymax, xmax]`` normalised to
@@ -95,23 +93,13 @@ _GIF_MAX_BLOCKS = 1 << 17  # GIF blocks and sub-blocks walked at most (~33 MB of
 
 
 def _prepare(image, image_size):
-    """uint8 ``[H, W, 3]`` -> (float32 padded model input, scale, original ``[H, W]``).
-
-    Equal to ``resize_and_pad(image, image_size)``, without its full-size float32 copy: the
-    uint8 image is resized to the size ``resize_and_pad`` computes (ResizeBilinear reads uint8
-    and computes in float32 as it does from the float32 copy), then ``resize_and_pad`` of that
-    resized image has scale 1 (one side already fills ``image_size``), an exact identity
-    resize, and pads it."""
+    """uint8 ``[H, W, 3]`` -> (float32 padded model input, scale, original ``[H, W]``)."""
     shape = tf.shape(image)[:2]
     with tf.control_dependencies(
         [tf.debugging.assert_positive(shape, message="every image must have a positive height and width")]
     ):
-        size = tf.cast(shape, tf.float32)
-    scale = tf.minimum(image_size[0] / size[0], image_size[1] / size[1])
-    new_size = tf.clip_by_value(tf.cast(tf.round(size * scale), tf.int32), 1, image_size)
-    resized = tf.image.resize(image, new_size, method="bilinear")
-    padded, _ = resize_and_pad(resized, image_size)
-    return padded, scale, size
+        padded, scale = resize_and_pad(image, image_size)
+    return padded, scale, tf.cast(shape, tf.float32)
 
 
 def _header_size(data):

@@ -306,14 +306,20 @@ def test_max_pixels_limit_is_inclusive_and_bad_images_name_their_index(tmp_path)
     check(by_bytes(image_bytes=tf.constant([png])), expected(model, at_limit[None]))
 
 
-def test_uint8_resize_equals_resize_and_pad_exactly():
+def test_uint8_resize_equals_the_resize_of_a_float32_copy_exactly():
+    """``resize_and_pad`` resizes uint8 images without a full-size float32 copy; the values are
+    those of resizing the float32 copy (computed here with tf.image.resize directly)."""
     prepare = tf.function(_prepare, reduce_retracing=True)
     for shape in ((24, 40), (48, 16), (1, 333), (1000, 3), (31, 33), (500, 700), (7, 4000)):
         image = tf.constant(_images((*shape, 3), sum(shape)))
         padded, scale, size = prepare(image, SIZE)
-        reference, reference_scale = resize_and_pad(image, SIZE)
-        np.testing.assert_array_equal(padded.numpy(), reference.numpy())
-        assert scale.numpy() == reference_scale.numpy() and tuple(size.numpy()) == shape
+        factor = min(SIZE[0] / shape[0], SIZE[1] / shape[1])
+        new = [min(max(int(np.round(np.float32(d) * np.float32(factor))), 1), s) for d, s in zip(shape, SIZE)]
+        resized = tf.image.resize(tf.cast(image, tf.float32), new, method="bilinear").numpy().clip(0, 255)
+        reference = np.zeros((*SIZE, 3), np.float32)
+        reference[: new[0], : new[1]] = resized
+        np.testing.assert_array_equal(padded.numpy(), reference)
+        assert np.isclose(scale.numpy(), factor) and tuple(size.numpy()) == shape
 
 
 def test_pixel_coordinates_option_and_argument_checks(tmp_path):
