@@ -1,6 +1,8 @@
 """Tests for keras_cvx.data.coco: the target contract on synthetic data, and bad/special data."""
 
+import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +11,15 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from keras_cvx.data.coco import class_id_map, coco_dataset, load_coco, prepare_example
+from keras_cvx.data.coco import (
+    DataWarning,
+    check_annotations,
+    check_image_bytes,
+    class_id_map,
+    coco_dataset,
+    load_coco,
+    prepare_example,
+)
 from keras_cvx.data.shapes import synthetic_shapes
 
 
@@ -23,8 +33,10 @@ def shapes(tmp_path_factory):
 def test_contract_on_synthetic_data(shapes):
     path, image_dir = shapes
     coco = COCO(path)
-    ds = coco_dataset(path, image_dir, (32, 32), max_instances=6, batch_size=2, training=False, mask_stride=4)
-    batches = list(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # clean data: nothing to report
+        ds = coco_dataset(path, image_dir, (32, 32), max_instances=6, batch_size=2, training=False, mask_stride=4)
+        batches = list(ds)
     assert len(batches) == 2
     images, targets = batches[0]
     assert images.shape == (2, 32, 32, 3) and images.dtype == tf.float32
@@ -85,7 +97,9 @@ def special(tmp_path):
 
 def test_crowd_zero_area_outside_and_empty_images(special):
     path, image_dir = special
-    ds = coco_dataset(path, image_dir, (20, 30), max_instances=4, batch_size=2, training=False, mask_stride=2)
+    with pytest.warns(DataWarning) as record:
+        ds = coco_dataset(path, image_dir, (20, 30), max_instances=4, batch_size=2, training=False, mask_stride=2)
+    assert [w.message.counts for w in record] == [{"malformed_bbox": 1, "unknown_category": 1, "empty_box": 2}]
     images, targets = next(iter(ds))
     # kept: ann 1 (label 1) and ann 5 clipped to the image (label 0); crowd, zero-area,
     # outside, unknown category and NaN boxes are dropped
@@ -104,13 +118,17 @@ def test_crowd_zero_area_outside_and_empty_images(special):
 
 def test_max_instances_truncates(special):
     path, image_dir = special
-    _, targets = next(iter(coco_dataset(path, image_dir, (20, 30), max_instances=1, batch_size=1, training=False)))
+    with pytest.warns(DataWarning, match="1 annotation.s. beyond max_instances=1 .*first: image 1, annotation 5") as w:
+        ds = coco_dataset(path, image_dir, (20, 30), max_instances=1, batch_size=1, training=False)
+    assert w[0].message.counts["beyond_max_instances"] == 1  # anns 1 and 5 survive, 5 is dropped
+    _, targets = next(iter(ds))
     np.testing.assert_array_equal(targets["labels"].numpy(), [[1]])
 
 
 def test_training_flips_and_repeats(special):
     path, image_dir = special
-    ds = coco_dataset(path, image_dir, (20, 30), max_instances=2, batch_size=1, training=True, seed=1)
+    with pytest.warns(DataWarning):
+        ds = coco_dataset(path, image_dir, (20, 30), max_instances=2, batch_size=1, training=True, seed=1)
     seen = set()
     for _, targets in ds.take(16):
         if int(targets["image_info"]["image_id"][0]) == 1:
@@ -146,3 +164,185 @@ def test_rejects_bad_arguments(special):
         coco_dataset(path, image_dir, (20, 30), 2, 1, False, mask_stride=4)
     with pytest.raises(ValueError, match="max_instances"):
         coco_dataset(path, image_dir, (20, 30), 0, 1, False)
+
+
+# ---- bad data: counts, strict mode, class ids, files (issue 16) ----
+
+def _rle(mask):
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _ann(ann_id, image_id, bbox, category_id=3, **extra):
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox, "iscrowd": 0,
+            "area": 1.0, "segmentation": [[1, 1, 8, 1, 8, 8]], **extra}
+
+
+def _write_json(tmp_path, images, annotations, name="ann.json"):
+    """Writes ``images`` (``(id, file_name, json (h, w), file (h, w) or None)``) and the json."""
+    entries = []
+    for image_id, file_name, (height, width), file_size in images:
+        if file_size is not None:
+            _write_image(tmp_path / file_name, *file_size)
+        entries.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+    data = {"images": entries, "annotations": annotations,
+            "categories": [{"id": 3, "name": "three"}, {"id": 7, "name": "seven"}]}
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.fixture()
+def problems(tmp_path):
+    """One of each kind of problem; images are 32x40 (height x width)."""
+    wrong_size = _rle(np.ones((10, 10)))
+    annotations = [
+        _ann(1, 1, [0, 0, 10, 10]),                                # kept
+        _ann(2, 1, [5, 5, 10, 10], segmentation=[]),               # kept, unusable segmentation (masks only)
+        _ann(3, 1, [1, 1, 4, 4]),                                  # beyond max_instances=2
+        _ann(4, 1, [1, 1, 4, 4], category_id=99),                  # unknown category
+        _ann(5, 77, [1, 1, 4, 4]),                                 # unknown image id
+        _ann(6, 2, [1, 2, 3]),                                     # malformed: 3 numbers
+        _ann(7, 2, [1, 2, "5", 4]),                                # malformed: a string
+        _ann(8, 2, [50, 1, 5, 5]),                                 # empty: right of the 40-wide image
+        _ann(9, 2, [0, 0, 40, 32], category_id=7, iscrowd=1),      # crowd: excluded, not counted
+        _ann(10, 2, [2, 2, 5, 5], segmentation=wrong_size),        # kept, RLE of another size (masks only)
+        _ann(11, 2, [3, 3, 5, 5], segmentation={"size": [32, 40], "counts": "zzzz"}),  # kept, runs != 32 * 40
+    ]
+    images = [(1, "a.png", (32, 40), (32, 40)), (2, "b.png", (32, 40), (32, 40)), (2, "b.png", (32, 40), None)]
+    return _write_json(tmp_path, images, annotations), str(tmp_path)
+
+
+EXPECTED_COUNTS = {"duplicate_image_id": 1, "unknown_image_id": 1, "malformed_bbox": 2, "unknown_category": 1,
+                   "empty_box": 1, "beyond_max_instances": 1}
+
+
+def test_problems_reported_once_with_counts(problems):
+    path, image_dir = problems
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = coco_dataset(path, image_dir, (32, 40), max_instances=2, batch_size=2, training=False, mask_stride=4)
+        images, targets = next(iter(ds))
+    reports = [w for w in caught if issubclass(w.category, DataWarning)]
+    assert len(reports) == 1  # one warning, at construction, none while iterating
+    assert reports[0].message.counts == {**EXPECTED_COUNTS, "unusable_segmentation": 3}
+    message = str(reports[0].message)
+    for fragment in ("1 duplicate image id(s) in 'images' (the last entry is used), first: image 2;",
+                     "first: image 77, annotation 5", "2 annotation(s) whose bbox is not 4 finite numbers",
+                     "first: image 2, annotation 6 (bbox [1, 2, 3])", "first: image 1, annotation 4 (category_id 99)",
+                     "first: image 2, annotation 8", "beyond max_instances=2 in their image (dropped), first: image 1, "
+                     "annotation 3", "3 kept annotation(s) without a usable segmentation", "strict=True"):
+        assert fragment in message
+    # what is kept: image 1 anns 1, 2; image 2 anns 10, 11 (9 is a crowd); unusable segmentations give zero masks
+    np.testing.assert_array_equal(targets["labels"].numpy(), [[0, 0], [0, 0]])
+    np.testing.assert_allclose(targets["boxes"].numpy(), [[[0, 0, 10, 10], [5, 5, 15, 15]], [[2, 2, 7, 7], [3, 3, 8, 8]]])
+    assert targets["masks"][0, 0].numpy().sum() > 0
+    assert targets["masks"][0, 1].numpy().sum() == 0 and targets["masks"][1].numpy().sum() == 0
+    # without masks the segmentations are not counted
+    with pytest.warns(DataWarning) as record:
+        coco_dataset(path, image_dir, (32, 40), max_instances=2, batch_size=2, training=False)
+    assert record[0].message.counts == EXPECTED_COUNTS
+
+
+def test_strict_raises_naming_the_first_offenders(problems):
+    path, image_dir = problems
+    with pytest.raises(ValueError, match=r"ann\.json'.*first: image 2;.*first: image 77, annotation 5.*strict=True"):
+        coco_dataset(path, image_dir, (32, 40), 2, 1, False, mask_stride=4, strict=True)
+    with pytest.raises(ValueError, match=r"segmentation \(all-zero mask\), first: image 1, annotation 2\. \(strict"):
+        coco_dataset(path, image_dir, (32, 40), 2, 1, False, mask_stride=4, strict=True)
+
+
+def test_strict_accepts_clean_data(shapes):
+    path, image_dir = shapes
+    assert check_annotations(load_coco(path), max_instances=4, with_masks=True, strict=True) == {}
+    _, targets = next(iter(coco_dataset(path, image_dir, (32, 32), 4, 1, False, strict=True, num_classes=3)))
+    assert targets["labels"].shape == (1, 4)
+
+
+def test_num_classes_checks_class_ids(special):
+    path, image_dir = special
+    # categories 3 -> class 0, 7 -> class 1; ann 1 of image 1 has category 7
+    with pytest.raises(ValueError, match=r"annotation 1 of image 1 has category_id 7, class id 1 .*num_classes=1 "
+                                         r"allows class ids 0\.\.0"):
+        coco_dataset(path, image_dir, (20, 30), 4, 1, False, num_classes=1)
+    with pytest.warns(DataWarning):
+        coco_dataset(path, image_dir, (20, 30), 4, 1, False, num_classes=2)
+    with pytest.raises(ValueError, match="num_classes"):
+        coco_dataset(path, image_dir, (20, 30), 4, 1, False, num_classes=0)
+
+
+def test_size_mismatch_names_the_file(tmp_path):
+    # the json says 32x40 (height x width), the file is 30x40
+    path = _write_json(tmp_path, [(1, "a.png", (32, 40), (32, 40)), (2, "small.png", (32, 40), (30, 40))],
+                       [_ann(1, 2, [0, 0, 10, 10])])
+    ds = coco_dataset(path, str(tmp_path), (32, 40), 2, 1, False, mask_stride=4)
+    iterator = iter(ds)
+    next(iterator)  # image 1 is fine
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"small\.png' \(image id 2\) is 40x30 \(width x height\) but '.*ann\.json' says 40x32"):
+        next(iterator)
+
+
+def _encoded(kind):
+    image = Image.fromarray((np.arange(32 * 40 * 3).reshape(32, 40, 3) % 251).astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format={"progressive": "JPEG"}.get(kind, kind), **({"progressive": True} if kind == "progressive" else {}))
+    return buffer.getvalue()
+
+
+BYTE_CASES = {
+    "png": lambda: _encoded("PNG"),
+    "png_trailing_bytes": lambda: _encoded("PNG") + b"extra",
+    "png_half": lambda: _encoded("PNG")[: len(_encoded("PNG")) // 2],
+    "png_without_iend": lambda: _encoded("PNG")[:-12],
+    "jpeg": lambda: _encoded("JPEG"),
+    "jpeg_trailing_bytes": lambda: _encoded("JPEG") + b"extra",
+    "jpeg_without_eoi": lambda: _encoded("JPEG")[:-2],
+    "progressive_cut": lambda: _encoded("progressive")[:-40],
+    "gif": lambda: _encoded("GIF"),
+    "bmp": lambda: _encoded("BMP"),
+    "tiff": lambda: _encoded("TIFF"),
+    "webp": lambda: _encoded("WEBP"),
+    "text": lambda: b"not an image at all",
+    "empty": lambda: b"",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BYTE_CASES))
+def test_check_image_bytes_agrees_with_tf_decode_image(case):
+    encoded = BYTE_CASES[case]()
+    try:
+        decoded = tf.io.decode_image(encoded, channels=3, expand_animations=False).shape[:2]
+    except tf.errors.InvalidArgumentError:
+        decoded = None
+    if decoded is None:
+        with pytest.raises(ValueError, match="^the file (is not a JPEG|is a truncated)"):
+            check_image_bytes(encoded, "the file")
+    else:
+        assert check_image_bytes(encoded, "the file") == tuple(decoded) == (32, 40)
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "png_half", "jpeg_without_eoi"])
+def test_unreadable_image_files_are_named(tmp_path, case):
+    file_name = "img.jpg" if "jpeg" in case else "img.png"
+    path = _write_json(tmp_path, [(4, file_name, (32, 40), None)], [])
+    if case != "missing":
+        (tmp_path / file_name).write_bytes(BYTE_CASES[case]())
+    expected = {"missing": "cannot be read: .*No such file", "text": "is not a JPEG, PNG, GIF, BMP or WebP image",
+                "png_half": "is a truncated PNG", "jpeg_without_eoi": "is a truncated JPEG"}[case]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{file_name}' \(image id 4\) {expected}"):
+        next(iter(coco_dataset(path, str(tmp_path), (32, 40), 2, 1, False)))
+
+
+def test_bad_image_entries_and_annotation_keys(tmp_path):
+    path = _write_json(tmp_path, [(1, "a.png", (32, 40), (32, 40))], [])
+    data = json.loads(open(path).read())
+    del data["images"][0]["height"]
+    (tmp_path / "no_height.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"no_height\.json'.*image 1 needs .*positive integer 'height'"):
+        coco_dataset(str(tmp_path / "no_height.json"), str(tmp_path), (32, 40), 2, 1, False)
+    data = json.loads(open(path).read())
+    data["annotations"] = [{"id": 1, "image_id": 1, "bbox": [0, 0, 1, 1]}]  # no category_id
+    (tmp_path / "no_category.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"no_category\.json'.*'category_id'"):
+        load_coco(str(tmp_path / "no_category.json"))
