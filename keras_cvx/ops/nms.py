@@ -32,7 +32,8 @@ of its own class): exactly per-class NMS followed by a merge by score, without a
 ``N x N x classes`` tensor and without Detectron2's coordinate-offset trick (offsets of
 thousands of pixels round the float32 coordinates and can flip pairs at the threshold).
 
-Zero boxes (``N = 0``) give all ``-1`` indices and a count of 0.
+Zero boxes (``N = 0``) give all ``-1`` indices and a count of 0. A box with a NaN score or a
+non-finite coordinate is never selected (``tf.image.non_max_suppression`` may select it).
 """
 
 from keras import ops
@@ -172,8 +173,10 @@ def _greedy_nms(boxes, scores, classes, max_output_size, iou_threshold, score_th
     def more_to_do(index, key, kept, selected, count, more):
         return (index < num_tiles) & more
 
-    # Invalid boxes get key -inf: top_k puts them last and they are never kept.
-    key = ops.where(scores > score_threshold, scores, float("-inf"))
+    # Invalid boxes (score not above the threshold, NaN score, a non-finite coordinate) get
+    # key -inf: top_k puts them last and they are never kept.
+    finite_box = ops.all(ops.stack([ops.isfinite(c) for c in boxes[:4]], axis=-1), axis=-1)
+    key = ops.where((scores > score_threshold) & finite_box, scores, float("-inf"))
     zeros = ops.cast(selected * 0, "float32")  # [B, K]
     kept = [zeros] * 4 + [zeros + float("inf")] + ([] if classes is None else [selected])  # unused: IoU 0
     state = (ops.convert_to_tensor(0, "int32"), key, kept, selected, batch_zeros[:, 0], ops.convert_to_tensor(True))

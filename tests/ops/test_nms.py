@@ -194,13 +194,17 @@ def test_hand_computed_and_padding():
     np.testing.assert_array_equal(_np(indices), [0, -1, -1, -1, -1])
     indices, _ = non_max_suppression(boxes.astype("float16"), scores.astype("float16"), 2, 0.95)
     np.testing.assert_array_equal(_np(indices), [0, 1])
-    # A NaN score is never selected; a NaN box is kept but suppresses nothing (its IoU is NaN).
+    # Neither a NaN score nor a box with a NaN coordinate is ever selected (tf.image's NMS
+    # selects such a box); box 3 (= box 0) is then suppressed by box 1 (IoU 90/110).
     nan_boxes = boxes.copy()
     nan_boxes[0, 2] = np.nan
     nan_scores = np.array([0.9, 0.8, np.nan, 0.6], "float32")
     indices, valid = non_max_suppression(nan_boxes, nan_scores, 5, 0.5)
-    np.testing.assert_array_equal(_np(indices), [0, 1, -1, -1, -1])
-    assert int(_np(valid)) == 2
+    np.testing.assert_array_equal(_np(indices), [1, -1, -1, -1, -1])
+    assert int(_np(valid)) == 1
+    nan_boxes[1, 1] = np.inf  # an infinite coordinate too: box 3 is selected
+    indices, valid = non_max_suppression(nan_boxes, nan_scores, 5, 0.5)
+    np.testing.assert_array_equal(_np(indices), [3, -1, -1, -1, -1])
 
 
 @pytest.mark.parametrize("cases, n, max_out", [(30, 40, 25), (4, 500, 150)])
