@@ -69,7 +69,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_cvx.data.coco import _ann_mask, _check_mask_stride, _xywh_to_xyxy, class_id_map, load_coco
+from keras_cvx.data.coco import _check_mask_stride, check_annotations, class_id_map, example_arrays, load_coco
 from keras_cvx.data.transforms import clip_boxes
 from keras_cvx.validation import require_positive, require_positive_int, require_unit_interval
 
@@ -475,29 +475,21 @@ def prepare_ssd_example(image, image_id, boxes, labels, crowd, masks, seed, augm
     return image, targets
 
 
-def coco_examples(annotation_file, image_dir, with_masks=False):
+def coco_examples(annotation_file, image_dir, with_masks=False, max_instances=None, num_classes=None, strict=False):
     """``(count, load)``: ``load(index)`` (a ``tf.data``-compatible function of an int64
     index into the images sorted by id) returns ``(image uint8 [h, w, 3], image_id, boxes
     [n, 4] xyxy pixels, labels [n] contiguous ids (-1 unknown), crowd [n], masks [n, h, w] or
-    None)`` of a COCO json + image folder."""
+    None)`` of a COCO json + image folder. The json is checked and its problems reported as
+    ``keras_cvx.data.coco.coco_dataset`` does (``check_annotations``; ``num_classes`` and
+    ``strict`` as there), and each image file as it is read (``example_arrays``)."""
     coco = load_coco(annotation_file)
+    source = repr(str(annotation_file))
+    check_annotations(coco, max_instances, with_masks, num_classes, strict, source, stacklevel=4)
     contiguous = {cat_id: index for index, cat_id in class_id_map(coco).items()}
     image_ids = sorted(coco.getImgIds())
 
     def generate(index):
-        image_id = image_ids[int(index)]
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
-        boxes = np.array([_xywh_to_xyxy(a.get("bbox")) for a in anns], np.float32).reshape(-1, 4)
-        labels = np.array([contiguous.get(a.get("category_id"), -1) for a in anns], np.int32)
-        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
-        with open(os.path.join(image_dir, coco.imgs[image_id]["file_name"]), "rb") as f:
-            encoded = f.read()
-        out = [encoded, np.int64(image_id), boxes, labels, crowd]
-        if with_masks:
-            h, w = int(coco.imgs[image_id]["height"]), int(coco.imgs[image_id]["width"])
-            masks = [_ann_mask(coco, a, h, w) for a in anns]
-            out.append(np.stack(masks).astype(np.uint8) if masks else np.zeros((0, h, w), np.uint8))
-        return tuple(out)
+        return example_arrays(coco, image_ids[int(index)], image_dir, contiguous, with_masks, source)
 
     shapes = [[], [], [None, 4], [None], [None]] + ([[None, None, None]] if with_masks else [])
     dtypes = [tf.string, tf.int64, tf.float32, tf.int32, tf.bool] + ([tf.uint8] if with_masks else [])
@@ -524,6 +516,8 @@ def ssd_coco_dataset(
     seed=0,
     augmentation=None,
     drop_remainder=None,
+    num_classes=None,
+    strict=False,
 ):
     """``(images, targets)`` batches of a COCO json + image folder with SSD's augmentation
     (``training``) or SSD's test transform (warp resize only), in the target contract of
@@ -545,6 +539,10 @@ def ssd_coco_dataset(
         augmentation: an ``SSDAugmentation`` (its ``output_size`` and ``mask_stride`` must
             match ``image_size`` and ``mask_stride``).
         drop_remainder: defaults to ``training``.
+        num_classes: when given, a class id ``>= num_classes`` is an error naming the image
+            and the annotation (as in ``keras_cvx.data.coco.coco_dataset``).
+        strict: the json's problems (``keras_cvx.data.coco.check_annotations``) are a
+            ``ValueError`` instead of one ``DataWarning``.
 
     Example::
 
@@ -567,7 +565,8 @@ def ssd_coco_dataset(
             f"`augmentation` makes {augmentation.output_size} images with mask stride "
             f"{augmentation.mask_stride}; the dataset needs {size} and {stride}."
         )
-    count, load = coco_examples(annotation_file, image_dir, with_masks=mask_stride is not None)
+    count, load = coco_examples(annotation_file, image_dir, with_masks=mask_stride is not None,
+                                max_instances=max_instances, num_classes=num_classes, strict=strict)
 
     @_no_autograph
     def to_example(position, index):
