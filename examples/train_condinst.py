@@ -140,10 +140,12 @@ def main(argv=None):
     val_coco, classes, class_names = dataset_classes(val_json)
     if args.train_tfrecord:
         train = tfrecord_dataset(args.train_tfrecord, classes, size, args.max_instances, args.batch_size,
-                                 training=True, mask_stride=MASK_STRIDE, seed=args.seed)
+                                 training=True, mask_stride=MASK_STRIDE, seed=args.seed, num_classes=len(classes),
+                                 strict=args.strict_data)
     else:
         train = coco_dataset(train_json, train_images, size, args.max_instances, args.batch_size, training=True,
-                             mask_stride=MASK_STRIDE, seed=args.seed)
+                             mask_stride=MASK_STRIDE, seed=args.seed, num_classes=len(classes),
+                             strict=args.strict_data)
     val = coco_dataset(val_json, val_images, size, args.max_instances, args.batch_size, training=False)
 
     def eval_fn(model, step):

@@ -213,13 +213,13 @@ def main(argv=None):
     val_coco, classes, class_names = dataset_classes(val_json)
     if args.train_tfrecord:
         train = tfrecord_dataset(args.train_tfrecord, classes, size, args.max_instances, args.batch_size,
-                                 training=True, seed=args.seed)
+                                 training=True, seed=args.seed, num_classes=len(classes), strict=args.strict_data)
     elif args.ssd_augmentation:
         train = ssd_coco_dataset(train_json, train_images, size, args.max_instances, args.batch_size,
-                                 training=True, seed=args.seed)
+                                 training=True, seed=args.seed, num_classes=len(classes), strict=args.strict_data)
     else:
         train = coco_dataset(train_json, train_images, size, args.max_instances, args.batch_size,
-                             training=True, seed=args.seed)
+                             training=True, seed=args.seed, num_classes=len(classes), strict=args.strict_data)
     if args.eval_resize == "warp":
         val = ssd_coco_dataset(val_json, val_images, size, args.max_instances, args.batch_size, training=False)
     else:

@@ -2,7 +2,7 @@
 
 from keras_cvx.data.augment import autoaugment, rand_augment
 from keras_cvx.data.class_frequencies import class_frequencies
-from keras_cvx.data.coco import class_id_map, coco_dataset, load_coco
+from keras_cvx.data.coco import DataWarning, check_annotations, class_id_map, coco_dataset, load_coco
 from keras_cvx.data.digits import mnist_5k
 from keras_cvx.data.real_images import coins_dataset, photos_dataset
 from keras_cvx.data.sampling import class_sampling_probabilities, resample_by_class

@@ -50,6 +50,8 @@ def add_data_arguments(parser, max_instances=32, instances="ground-truth boxes",
     data.add_argument("--train-tfrecord", help=f"glob of Model Garden TFRecords{' with masks' if masks else ''} "
                                                "(instead of --train-json/--images)")
     data.add_argument("--max-instances", type=int, default=max_instances, help=f"{instances} per image (padded)")
+    data.add_argument("--strict-data", action="store_true",
+                      help="stop on any data problem (unknown ids, malformed or dropped boxes) instead of one warning")
     data.add_argument("--synthetic-dir", default=os.path.join(tempfile.gettempdir(), "keras_cvx_shapes"),
                       help="cache folder of the synthetic dataset (used without --train-json/--train-tfrecord)")
     data.add_argument("--synthetic-train-images", type=int, default=800)
