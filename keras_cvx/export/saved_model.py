@@ -378,7 +378,8 @@ def export_saved_model(model, path, image_size, normalized_coordinates=True, mas
     Args:
         model: a built detector whose ``predict_step(images)`` follows the keras_cvx contract.
         path: output directory (for TF Serving: ``<model_base_path>/<version>``).
-        image_size: ``(height, width)``, the model's fixed input size.
+        image_size: ``(height, width)``, the model's fixed input size (checked against the
+            model's ``image_size`` attribute where it has one, as every keras_cvx detector).
         normalized_coordinates: ``detection_boxes`` normalised to ``[0, 1]`` (default) or
             in original-image pixels; ``[ymin, xmin, ymax, xmax]`` either way.
         mask_resolution: ``detection_masks`` at the original image size (``"original"``; the
@@ -399,6 +400,12 @@ def export_saved_model(model, path, image_size, normalized_coordinates=True, mas
     max_pixels = require_positive_int("max_pixels", max_pixels)
     if not model.built:
         raise ValueError("`model` must be built (call it once on a batch) before export.")
+    model_size = getattr(model, "image_size", None)
+    if model_size is not None:
+        model_size = (model_size, model_size) if isinstance(model_size, int) else tuple(model_size)
+        if model_size != image_size:
+            raise ValueError(f"`image_size` {image_size} is not the model's input size {model_size} "
+                             f"(its `image_size`): export with image_size={model_size}.")
     serving = _Serving(model, image_size, bool(normalized_coordinates), mask_resolution, max_pixels)
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -24,6 +24,8 @@ from keras_cvx.training.trainer import NonFiniteLossError
 from tests.reliability.cases import Case, Handled, Raises, check_case
 from tests.training.test_trainer import ToyClassifier, batchnorm_model, toy_data, toy_dataset
 
+pytestmark = pytest.mark.tensorflow_only  # the tf.distribute Trainer and TensorFlow checkpoints
+
 KERNEL = "model/dense/_kernel/.ATTRIBUTES/VARIABLE_VALUE"
 
 
