@@ -346,3 +346,110 @@ def test_bad_image_entries_and_annotation_keys(tmp_path):
     (tmp_path / "no_category.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"no_category\.json'.*'category_id'"):
         load_coco(str(tmp_path / "no_category.json"))
+
+
+# ---- instance masks from polygons and RLEs, flipped with the image (issue 14) ----
+
+def _column_major_runs(mask):
+    """Uncompressed COCO RLE ``counts`` of a 0/1 mask, written out here: the run lengths of its
+    pixels in column-major order, starting with a run of 0s (empty if the first pixel is 1)."""
+    flat = np.asarray(mask, np.uint8).ravel(order="F")
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return [0] + runs if flat[0] else runs
+
+
+def _bbox(mask):
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
+@pytest.fixture()
+def three_encodings(tmp_path):
+    """One 30x45 (height x width) image with a polygon (a triangle, bbox its extent), an
+    uncompressed RLE (an L, ``counts`` a list) and a compressed RLE (an ellipse, ``counts`` a
+    string); none of them is left-right symmetric within the image."""
+    height, width = 30, 45
+    yy, xx = np.mgrid[:height, :width]
+    ell = np.zeros((height, width), np.uint8)
+    ell[14:28, 26:31] = 1
+    ell[23:28, 26:42] = 1
+    disk = (((xx - 36) / 7.0) ** 2 + ((yy - 7) / 5.0) ** 2 <= 1).astype(np.uint8)
+    annotations = [
+        _ann(1, 1, [3, 2, 18, 21], segmentation=[[3, 2, 21, 5, 9, 23]]),
+        _ann(2, 1, _bbox(ell), category_id=7,
+             segmentation={"size": [height, width], "counts": _column_major_runs(ell)}),
+        _ann(3, 1, _bbox(disk), segmentation=_rle(disk)),
+    ]
+    path = _write_json(tmp_path, [(1, "one.png", (height, width), (height, width))], annotations)
+    return path, str(tmp_path), {"ell": ell, "disk": disk}
+
+
+@pytest.mark.parametrize("stride", [4, 2])
+def test_polygon_and_rle_masks_with_and_without_flip_match_pycocotools(three_encodings, stride):
+    """The masks on the stride grid against a NumPy reference of the module docstring's rule:
+    pycocotools' ``annToMask`` at the original size, mirrored with NumPy when the example is
+    flipped, resized to the stride-grid extent of the resized 32 x 48 image (``round(30 * 16/15
+    / s)`` x ``round(45 * 16/15 / s)``: 8 x 12 at stride 4) with a NumPy bilinear resize
+    (half-pixel centres, no antialiasing: ``numpy_resize_bilinear``), thresholded at 0.5,
+    zero-padded to the 48 x 48 input's grid; the boxes scaled (and mirrored) with them, each
+    mask inside its box."""
+    from tests.models.test_condinst import numpy_resize_bilinear
+
+    path, image_dir, drawn = three_encodings
+    coco = COCO(path)
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
+    assert isinstance(anns[1]["segmentation"]["counts"], list) and isinstance(anns[2]["segmentation"]["counts"], str)
+    np.testing.assert_array_equal(coco.annToMask(anns[1]), drawn["ell"])  # the hand-written runs decode right
+    np.testing.assert_array_equal(coco.annToMask(anns[2]), drawn["disk"])
+    height, width, rows = 30, 45, 4
+    scale = min(48 / height, 48 / width)  # 16/15: the image becomes 32 x 48 in the 48 x 48 input
+    grid, extent = 48 // stride, (round(height * scale / stride), round(width * scale / stride))
+
+    def reference(flip):
+        values, boxes = np.zeros((rows, grid, grid)), np.zeros((rows, 4))
+        for i, ann in enumerate(anns):
+            mask = coco.annToMask(ann).astype(np.float64)
+            x, y, w, h = ann["bbox"]
+            box = [x, y, x + w, y + h]
+            if flip:
+                mask, box = mask[:, ::-1], [width - box[2], box[1], width - box[0], box[3]]
+            values[i, : extent[0], : extent[1]] = numpy_resize_bilinear(mask, *extent)
+            boxes[i] = np.asarray(box) * scale
+        return values, boxes
+
+    def check(targets, flip):
+        values, boxes = reference(flip)
+        np.testing.assert_allclose(targets["boxes"], boxes, atol=1e-4)
+        np.testing.assert_array_equal(targets["labels"], [0, 1, 0, -1])
+        masks = targets["masks"]
+        assert masks.shape == (rows, grid, grid) and masks.dtype == np.uint8
+        away = np.abs(values - 0.5) > 1e-4  # float32 vs float64 exactly at the threshold may go either way
+        assert away.mean() > 0.99
+        np.testing.assert_array_equal(masks[away], (values >= 0.5)[away].astype(np.uint8))
+        assert not masks[3].any() and not masks[:, extent[0]:].any()  # padding row, padding below the image
+        for mask, (x1, y1, x2, y2) in zip(masks[:3], boxes[:3]):
+            ys, xs = np.nonzero(mask)
+            assert len(xs) >= 4
+            # every mask cell [s*j, s*(j+1)) x [s*i, s*(i+1)) meets the box, and the box is no
+            # more than two cells larger than the mask's cells on any side (the threshold loses
+            # the triangle's thin tip)
+            assert np.all((xs * stride < x2) & ((xs + 1) * stride > x1) & (ys * stride < y2) & ((ys + 1) * stride > y1))
+            assert xs.min() * stride <= x1 + 2 * stride and (xs.max() + 1) * stride >= x2 - 2 * stride
+            assert ys.min() * stride <= y1 + 2 * stride and (ys.max() + 1) * stride >= y2 - 2 * stride
+
+    def numpy_targets(targets, b):
+        return {k: targets[k][b].numpy() for k in ("boxes", "labels", "masks")}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # all three segmentations are usable
+        _, targets = next(iter(coco_dataset(path, image_dir, (48, 48), rows, 1, training=False, mask_stride=stride)))
+        check(numpy_targets(targets, 0), flip=False)
+        flipped = set()
+        ds = coco_dataset(path, image_dir, (48, 48), rows, 1, training=True, mask_stride=stride, seed=0)
+        for _, targets in ds.take(8):
+            targets = numpy_targets(targets, 0)
+            flip = bool(np.abs(targets["boxes"] - reference(True)[1]).max() < 1e-4)
+            check(targets, flip)
+            flipped.add(flip)
+    assert flipped == {False, True}  # seed 0 flips some of the first 8 epochs and not others

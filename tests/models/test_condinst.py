@@ -7,6 +7,7 @@ kept detections from NumPy dynamic heads, x4 aligned_bilinear, threshold 0.5), t
 on 2 logical CPUs against a hand-written step, and SavedModel export (boxes, and masks mapped
 to the original image against a NumPy crop / bilinear resize / threshold)."""
 
+import inspect
 import json
 
 import keras
@@ -135,8 +136,16 @@ def numpy_condinst_loss(model, y, out):
     z = out["centerness_logits"][positive].astype(np.float64)
     t = ctr_targets[positive]
     terms["loss_ctr"] = (np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).sum() / num_pos
-    # every positive is a mask instance (fewer than max_proposals); its target is the mask of
-    # the ground truth it was assigned: the one whose (l, t, r, b) / stride is its box target
+    # every positive is a mask instance (fewer than max_proposals)
+    terms["loss_mask"] = np.mean(list(numpy_instance_dice(model, y, out, box_targets, b_idx, n_idx).values()))
+    return terms, positive.sum()
+
+
+def numpy_instance_dice(model, y, out, box_targets, b_idx, n_idx):
+    """``{(image, location): dice loss}`` of the dynamic heads of the positives ``(b_idx, n_idx)``;
+    the target of each is the mask of the ground truth it was assigned: the one whose
+    (l, t, r, b) / stride is its box target."""
+    locations, levels = np.asarray(model.locations), np.asarray(model.levels)
     gts = []
     for b, n in zip(b_idx, n_idx):
         x, yy = locations[n]
@@ -148,8 +157,8 @@ def numpy_condinst_loss(model, y, out):
         gts.append(y["masks"][b, match[0]])
     logits = numpy_dynamic_head(out["mask_features"], out["mask_params"][b_idx, n_idx], locations[n_idx],
                                 levels[n_idx], b_idx)
-    terms["loss_mask"] = numpy_dice(np.stack(gts), 1 / (1 + np.exp(-logits))).mean()
-    return terms, positive.sum()
+    dice = numpy_dice(np.stack(gts), 1 / (1 + np.exp(-logits)))
+    return dict(zip(zip(b_idx.tolist(), n_idx.tolist()), dice))
 
 
 def test_loss_terms_match_numpy(model):
@@ -190,6 +199,186 @@ def test_mask_loss_samples_at_most_max_proposals(model, monkeypatch):
     few[1, 7] = True
     index, valid = (np.asarray(ops.convert_to_numpy(t)) for t in model.sample_instances(few))
     assert valid.tolist() == [True, False, False] and index[0] == model.num_locations + 7
+
+
+def _samples(model, positive):
+    return tuple(np.asarray(ops.convert_to_numpy(t)) for t in model.sample_instances(positive))
+
+
+@pytest.fixture()
+def reseed(model):
+    """``reseed(seed)`` puts the shared model's sampling generator in the state of
+    ``SeedGenerator(seed)``; the state is restored after the test."""
+    state = model.seed_generator.state
+    saved = np.asarray(ops.convert_to_numpy(state))
+    yield lambda seed: state.assign(np.asarray([seed, 0], saved.dtype))
+    state.assign(saved)
+
+
+def test_sample_instances_cap_is_500_positives_of_the_whole_batch(model, monkeypatch, reseed):
+    """Spec section 6 (``MAX_PROPOSALS = 500``, Base-CondInst.yaml): more positives than the cap
+    -> exactly ``max_proposals`` distinct positives; at most the cap -> every positive, the
+    other slots invalid. The positives of all images of the batch are counted together."""
+    assert inspect.signature(CondInst).parameters["max_proposals"].default == 500
+    monkeypatch.setattr(model, "max_proposals", 500)
+    rng = np.random.default_rng(0)
+    shape = (3, 300)  # sample_instances only flattens the [B, N] mask: N need not be the model's
+    for count in (650, 501, 500, 37, 1):
+        positive = np.zeros(np.prod(shape), bool)
+        positive[rng.choice(positive.size, count, replace=False)] = True
+        index, valid = _samples(model, positive.reshape(shape))
+        assert index.shape == valid.shape == (500,) and index.dtype == np.int32
+        assert np.all((index >= 0) & (index < positive.size))  # padding slots gather in range too
+        chosen = index[valid]
+        assert len(chosen) == min(count, 500) and len(set(chosen.tolist())) == len(chosen), count
+        assert positive[chosen].all(), count
+        if count <= 500:
+            assert set(chosen.tolist()) == set(np.flatnonzero(positive).tolist()), count
+    nothing = _samples(model, np.zeros(shape, bool))[1]
+    assert not nothing.any()
+    # the same seed, the same sample
+    positive = np.zeros(shape, bool)
+    positive[:, ::2] = True
+    draws = []
+    for _ in range(2):
+        reseed(5)
+        draws.append(_samples(model, positive)[0])
+    np.testing.assert_array_equal(draws[0], draws[1])
+
+
+def test_sample_instances_is_a_uniform_subset_of_the_batch(model, monkeypatch, reseed):
+    """Spec section 6: "a uniformly random subset" of the replica batch's positives (a random
+    permutation, not per image, not by score). 5 positives (4 in image 0, 1 in image 1), cap
+    2: over 800 draws every positive is kept with frequency ~ 2/5 and each of the 10 pairs with
+    frequency ~ 1/10 (standard errors 0.017 and 0.011; the tolerances are ~4.5 of them)."""
+    monkeypatch.setattr(model, "max_proposals", 2)
+    reseed(11)
+    num = model.num_locations
+    positive = np.zeros((2, num), bool)
+    positive[0, [0, 17, 40, 85]] = positive[1, [3]] = True
+    flat = np.flatnonzero(positive)
+    draws = 800
+    kept = np.zeros(len(flat))
+    pairs = {}
+    for _ in range(draws):
+        index, valid = _samples(model, positive)
+        assert valid.all() and len(set(index.tolist())) == 2 and positive.reshape(-1)[index].all()
+        kept += np.isin(flat, index)
+        pair = tuple(sorted(index.tolist()))
+        pairs[pair] = pairs.get(pair, 0) + 1
+    np.testing.assert_allclose(kept / draws, 2 / 5, atol=0.08)
+    assert len(pairs) == 10  # every pair of the 5 positives occurs
+    np.testing.assert_allclose(np.array(list(pairs.values())) / draws, 1 / 10, atol=0.05)
+
+
+def test_mask_loss_is_the_mean_dice_of_the_sampled_instances(model, monkeypatch):
+    """The mask loss runs the dynamic heads of the sampled slots only and averages their dice
+    over the valid slots (spec section 6; section 10 item 10): with a fixed sample of every
+    other positive (fewer than the positives), it is the NumPy dice mean over that subset."""
+    images, y = tiny_data(batch=2, seed=1)
+    out = run(lambda im: model(im, training=True), images)
+    locations, levels = np.asarray(model.locations), np.asarray(model.levels)
+    centers = numpy_mask_centers(y["masks"], y["boxes"])
+    labels, box_targets, _ = numpy_fcos_targets(y["boxes"].astype(np.float64), y["labels"], locations, levels,
+                                                 centers)
+    b_idx, n_idx = np.nonzero(labels >= 0)
+    dice = numpy_instance_dice(model, y, out, box_targets, b_idx, n_idx)
+    subset = list(dice)[::2]
+    assert 2 <= len(subset) < len(dice)
+    slots = model.max_proposals
+    index = np.zeros(slots, np.int32)
+    index[: len(subset)] = [b * model.num_locations + n for b, n in subset]
+    valid = np.arange(slots) < len(subset)
+    monkeypatch.setattr(model, "sample_instances", lambda positive: (index, valid))
+    terms = run(model.loss_terms, y, out)
+    np.testing.assert_allclose(terms["loss_mask"], np.mean([dice[key] for key in subset]), rtol=1e-4)
+
+
+# ---------------------------------------------------------------- semantic loss (spec section 4)
+
+def numpy_semantic_targets(masks, labels, num_classes, mask_stride=4, out_stride=8):
+    """AdelaiDet ``MaskBranch`` semantic targets, one pixel at a time: the stride-4 masks as
+    full-resolution bitmasks (a cell covers ``mask_stride`` x ``mask_stride`` pixels), at the
+    pixels of offset ``out_stride // 2`` and step ``out_stride`` the class of the covering GT
+    (label >= 0) with the smallest mask area, the first in GT order on equal areas (torch's
+    ``min``), one-hot; zeros where no GT mask covers the pixel."""
+    full = masks.repeat(mask_stride, axis=2).repeat(mask_stride, axis=3).astype(np.int64)
+    areas = full.sum(axis=(2, 3))
+    sampled = full[:, :, out_stride // 2 :: out_stride, out_stride // 2 :: out_stride]
+    batch, count, height, width = sampled.shape
+    targets = np.zeros((batch, height, width, num_classes))
+    for b in range(batch):
+        for i in range(height):
+            for j in range(width):
+                covering = [m for m in range(count) if labels[b, m] >= 0 and sampled[b, m, i, j]]
+                if covering:
+                    best = min(covering, key=lambda m: (areas[b, m], m))
+                    targets[b, i, j, labels[b, best]] = 1.0
+    return targets
+
+
+def semantic_data():
+    """Stride-4 masks [2, 5, 16, 16] of a 64x64 input. Image 0: a large mask (class 0) holding two
+    overlapping masks of equal area (classes 2 and 1: the first wins where they overlap); a
+    padding row (label -1) with a small mask that would otherwise win; a mask of the even
+    stride-4 rows only (class 1), which the stride-8 centres (odd rows) never see. Image 1:
+    random masks, two valid rows and three padding rows (random masks too)."""
+    rng = np.random.default_rng(4)
+    masks = np.zeros((2, 5, 16, 16), np.uint8)
+    masks[0, 0, 0:12, 0:12] = 1
+    masks[0, 1, 4:10, 4:10] = 1
+    masks[0, 2, 6:12, 6:12] = 1
+    masks[0, 3, 10:12, 10:12] = 1
+    masks[0, 4, [0, 2, 12, 14], :] = 1
+    masks[1] = rng.uniform(size=(5, 16, 16)) < 0.3
+    masks[1, 1, 2:14, 3:15] = 1
+    labels = np.array([[0, 2, 1, -1, 1], [2, 0, -1, -1, -1]], np.int32)
+    return {"boxes": np.zeros((2, 5, 4), "float32"), "labels": labels, "masks": masks}
+
+
+def test_semantic_targets_match_numpy(model):
+    y = semantic_data()
+    targets = run(model.semantic_targets, y)
+    expected = numpy_semantic_targets(y["masks"], y["labels"], NUM_CLASSES)
+    assert targets.shape == (2, 8, 8, NUM_CLASSES)
+    np.testing.assert_array_equal(targets, expected)
+    # the hand-made image: the rules each decide some pixels
+    classes = np.where(expected[0].any(-1), expected[0].argmax(-1), -1)
+    # (i, j) samples stride-4 cell (2i + 1, 2j + 1)
+    assert classes[2, 2] == 2 and classes[5, 2] == 0  # the smallest covering mask; the large one alone
+    assert classes[3, 3] == 2  # masks 1 (class 2) and 2 (class 1) of equal area: the first in GT order
+    assert classes[5, 5] == 1  # mask 2, not the smaller padding row
+    assert classes[0, 0] == 0 and np.all(classes[6:] == -1)  # the even-row mask is never sampled
+    assert 0 < expected[1].sum() < 64
+
+
+@pytest.mark.single_backend  # builds a second model (with the semantic head); slow under JAX
+def test_semantic_loss_term_matches_numpy_focal():
+    """``semantic_loss=True``: the training call adds ``semantic_logits`` [B, H/8, W/8, K]
+    (inference does not), and ``loss_sem`` = sum of the focal loss (0.25, 2) of those logits on
+    the NumPy targets / max(#positive one-hot entries, 1), a term of ``compute_loss`` and a
+    metric."""
+    model = tiny_model(semantic_loss=True)
+    images, _ = tiny_data(batch=2, seed=1)
+    y = semantic_data()
+    y["boxes"] = np.tile([[4, 4, 44, 44]], (2, 5, 1)).astype("float32")
+    out = run(lambda im: model(im, training=True), images)
+    assert out["semantic_logits"].shape == (2, 8, 8, NUM_CLASSES)
+    assert "semantic_logits" not in run(lambda im: model(im, training=False), images)
+    terms = run(model.loss_terms, y, out)
+    assert sorted(terms) == ["loss_box", "loss_cls", "loss_ctr", "loss_mask", "loss_sem"]
+    targets = numpy_semantic_targets(y["masks"], y["labels"], NUM_CLASSES)
+    expected = numpy_focal(targets, out["semantic_logits"]).sum() / max(targets.sum(), 1)
+    np.testing.assert_allclose(terms["loss_sem"], expected, rtol=1e-4)
+    empty = {"boxes": np.zeros((2, 5, 4), "float32"), "labels": np.full((2, 5), -1, "int32"),
+             "masks": np.zeros((2, 5, 16, 16), "uint8")}
+    np.testing.assert_allclose(run(model.loss_terms, empty, out)["loss_sem"],
+                               numpy_focal(np.zeros_like(targets), out["semantic_logits"]).sum(), rtol=1e-4)
+    if keras.backend.backend() == "tensorflow":
+        total = float(model.compute_loss(images, y, {k: ops.convert_to_tensor(v) for k, v in out.items()}))
+        np.testing.assert_allclose(total, sum(float(v) for v in terms.values()), rtol=1e-5)
+        results = {m.name: float(m.result()) for m in model.metrics}
+        assert results["loss_sem"] == pytest.approx(float(terms["loss_sem"]), rel=1e-5)
 
 
 def test_predict_step_contract_and_masks_match_numpy(model):
