@@ -247,12 +247,18 @@ class CondInst(keras.Model):
                 part.build(shape)
         self.built = True
 
-    def call(self, images, training=None):
+    def fcos_outputs(self, images, training=None):
+        """The FCOS part alone: ``(head outputs, [P3 ... P7])`` of the backbone, the FPN and
+        the FCOS head (``class_logits``, ``box_regression``, ``centerness_logits`` and the box
+        tower's ``box_features``); ``call`` adds the controller and the mask branch."""
         x = ops.cast(images, "float32") - np.asarray(self.pixel_mean, "float32")
         features = self.backbone(x, training=training)
         pyramid = self.neck({k: features[k] for k in ("C3", "C4", "C5")})
         levels = [pyramid[f"P{l}"] for l in range(3, 8)]
-        out = dict(self.head(levels))
+        return dict(self.head(levels)), levels
+
+    def call(self, images, training=None):
+        out, levels = self.fcos_outputs(images, training=training)
         out["mask_params"] = self.controller(out.pop("box_features"))
         out["mask_features"] = self.mask_branch(levels[:3], training=training)
         if training and self.semantic_head is not None:
@@ -381,11 +387,16 @@ class CondInst(keras.Model):
 
     # ------------------------------------------------------------------ inference
 
+    def fcos_detections(self, predictions):
+        """FCOS detections (``boxes`` unclipped, ``scores``, ``classes``, ``num_detections``
+        and the ``locations`` they come from, ``-1`` padding) of the head outputs."""
+        distances = ops.cast(predictions["box_regression"], "float32") * self.location_strides[:, None]
+        return dict(self.decoder(predictions["class_logits"], distances, predictions["centerness_logits"],
+                                 self.locations, level_sizes=self.level_sizes))
+
     def decode(self, predictions):
         """Detections with full-image masks from the output of ``call`` (module docstring)."""
-        distances = ops.cast(predictions["box_regression"], "float32") * self.location_strides[:, None]
-        detections = dict(self.decoder(predictions["class_logits"], distances, predictions["centerness_logits"],
-                                       self.locations, level_sizes=self.level_sizes))
+        detections = self.fcos_detections(predictions)
         index = detections.pop("locations")
         valid = index >= 0
         index = ops.maximum(index, 0)
