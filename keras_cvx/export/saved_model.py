@@ -36,8 +36,10 @@ more than its own size.
 
 Each image is resized keeping its aspect ratio and zero-padded at the bottom/right to
 ``image_size`` (``keras_cvx.data.transforms.resize_and_pad``, the training resize, which
-resizes the uint8 image directly: no full-size float32 copy is made). Outputs,
-named as TF Model Garden's detection contract:
+resizes the uint8 image directly: no full-size float32 copy is made; ``serving_default``
+resizes its batch, whose images share one size, in one call, with the values of resizing
+each image alone). The ONNX export (``keras_cvx.export.onnx``) is built from the same
+functions. Outputs, named as TF Model Garden's detection contract:
 
 - ``detection_boxes`` float32 ``[B, N, 4]``: ``[ymin, xmin, ymax, xmax]`` normalised to
   ``[0, 1]`` by the original image's height and width (the TF Object Detection API
@@ -100,6 +102,20 @@ def _prepare(image, image_size):
     ):
         padded, scale = resize_and_pad(image, image_size)
     return padded, scale, tf.cast(shape, tf.float32)
+
+
+def _prepare_batch(images, image_size):
+    """``[B, H, W, C]`` images of one size (uint8, or float in 0..255) -> ``(padded`` float32
+    ``[B, out_h, out_w, C]``, ``scales [B]``, original sizes ``[B, 2])``: ``_prepare`` of every
+    image, done once for the batch. The images are laid side by side as the channels of one
+    ``[H, W, B * C]`` image, which the bilinear resize treats channel by channel, so the values
+    are bitwise those of resizing each image alone (no ``tf.map_fn`` loop)."""
+    shape = tf.shape(images)
+    batch, channels = shape[0], images.shape[-1]
+    stacked = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), tf.stack([shape[1], shape[2], batch * channels]))
+    padded, scale, size = _prepare(stacked, image_size)
+    padded = tf.transpose(tf.reshape(padded, [*image_size, batch, channels]), [2, 0, 1, 3])
+    return padded, tf.fill([batch], scale), tf.tile(size[None], [batch, 1])
 
 
 def _header_size(data):
@@ -286,7 +302,11 @@ class _Serving:
 
     def detect_images(self, images):
         images = _checked(images, 4, 3, "`images` must be uint8 [batch, height, width, 3]")
-        return self._detect(*self._prepare_each(lambda image, index: image, images))
+        return self.detect_batch(images)
+
+    def detect_batch(self, images):
+        """Outputs for ``images`` ``[B, H, W, 3]`` (uint8, or float in 0..255), unchecked."""
+        return self._detect(*_prepare_batch(images, self.image_size), same_size=True)
 
     def detect_bytes(self, image_bytes):
         image_bytes = _checked(image_bytes, 1, None, "`image_bytes` must be a string vector [batch]")
@@ -308,7 +328,7 @@ class _Serving:
             ),
         )
 
-    def _detect(self, padded, scales, sizes):
+    def _detect(self, padded, scales, sizes, same_size=False):
         outputs = self.model.predict_step(padded)
         classes = tf.cast(outputs["classes"], tf.int32)
         valid = classes >= 0
@@ -342,32 +362,66 @@ class _Serving:
             masks = tf.cast(outputs["masks"], tf.float32)
             full_image = tuple(masks.shape[-2:]) == tuple(self.image_size)
             if self.mask_resolution == "original" or (self.mask_resolution == "auto" and full_image):
-                masks = _masks_to_original(masks, scales, sizes, self.image_size)
+                masks = _masks_to_original(masks, scales, sizes, self.image_size, same_size)
             result["detection_masks"] = masks
         return result
 
 
-def _masks_to_original(masks, scales, sizes, image_size):
+def _masks_to_original(masks, scales, sizes, image_size, same_size=False):
     """Full-image masks ``[B, N, out_h, out_w]`` of the padded model input -> 0/1 float32
-    ``[B, N, max H, max W]`` at each image's original size (zero-padded to the batch's largest)."""
+    ``[B, N, max H, max W]`` at each image's original size (zero-padded to the batch's largest);
+    ``same_size``: every image of the batch has the same original size (one resize for all)."""
     if tuple(masks.shape[-2:]) != tuple(image_size):
         raise ValueError(f"mask_resolution='original' needs masks of the input size {image_size}, got {masks.shape}.")
     sizes = tf.cast(sizes, tf.int32)
+    if same_size:
+        return _resize_masks(masks, scales[0], sizes[0], image_size)
     max_h, max_w = tf.reduce_max(sizes[:, 0]), tf.reduce_max(sizes[:, 1])
 
     def one(args):
         image_masks, scale, size = args
-        original = tf.cast(size, tf.float32)
-        # the resized image's extent inside the padded input, as transforms.resize_and_pad rounds it
-        new_h = tf.clip_by_value(tf.cast(tf.round(original[0] * scale), tf.int32), 1, image_size[0])
-        new_w = tf.clip_by_value(tf.cast(tf.round(original[1] * scale), tf.int32), 1, image_size[1])
-        cropped = image_masks[:, :new_h, :new_w, None]
-        resized = tf.image.resize(cropped, size, method="bilinear")[..., 0]
-        binary = tf.cast(resized >= 0.5, tf.float32)
+        binary = _resize_masks(image_masks[None], scale, size, image_size)[0]
         return tf.pad(binary, [[0, 0], [0, max_h - size[0]], [0, max_w - size[1]]])
 
     return tf.map_fn(one, (masks, scales, sizes),
                      fn_output_signature=tf.TensorSpec([masks.shape[1], None, None], tf.float32))
+
+
+def _resize_masks(masks, scale, size, image_size):
+    """Masks ``[B, N, out_h, out_w]`` of images of original size ``size`` (int32 ``[H, W]``)
+    resized with ``scale`` -> 0/1 float32 ``[B, N, H, W]``: cropped to the resized image,
+    resized bilinearly (the ``N`` masks as channels) and thresholded at 0.5."""
+    original = tf.cast(size, tf.float32)
+    # the resized image's extent inside the padded input, as transforms.resize_and_pad rounds it
+    new_h = tf.clip_by_value(tf.cast(tf.round(original[0] * scale), tf.int32), 1, image_size[0])
+    new_w = tf.clip_by_value(tf.cast(tf.round(original[1] * scale), tf.int32), 1, image_size[1])
+    cropped = tf.transpose(masks[:, :, :new_h, :new_w], [0, 2, 3, 1])
+    resized = tf.image.resize(cropped, size, method="bilinear")
+    return tf.transpose(tf.cast(resized >= 0.5, tf.float32), [0, 3, 1, 2])
+
+
+def _checked_serving(model, image_size, normalized_coordinates=True, mask_resolution="auto", max_pixels=40_000_000):
+    """The ``_Serving`` of ``model`` after the export arguments are checked (a ``ValueError``
+    naming the argument); ``image_size`` must be the model's ``image_size`` where it has one."""
+    if mask_resolution not in ("auto", "original", "model"):
+        raise ValueError(f"`mask_resolution` must be 'auto', 'original' or 'model', got {mask_resolution!r}.")
+    if (
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in image_size)
+    ):
+        raise ValueError(f"`image_size` must be (height, width) positive integers, got {image_size!r}.")
+    image_size = tuple(image_size)
+    max_pixels = require_positive_int("max_pixels", max_pixels)
+    if not model.built:
+        raise ValueError("`model` must be built (call it once on a batch) before export.")
+    model_size = getattr(model, "image_size", None)
+    if model_size is not None:
+        model_size = (model_size, model_size) if isinstance(model_size, int) else tuple(model_size)
+        if model_size != image_size:
+            raise ValueError(f"`image_size` {image_size} is not the model's input size {model_size} "
+                             f"(its `image_size`): export with image_size={model_size}.")
+    return _Serving(model, image_size, bool(normalized_coordinates), mask_resolution, max_pixels)
 
 
 def export_saved_model(model, path, image_size, normalized_coordinates=True, mask_resolution="auto",
@@ -388,25 +442,7 @@ def export_saved_model(model, path, image_size, normalized_coordinates=True, mas
         max_pixels: the ``image_bytes`` signature refuses an image whose header declares more
             than this many pixels (height x width), before decoding it.
     """
-    if mask_resolution not in ("auto", "original", "model"):
-        raise ValueError(f"`mask_resolution` must be 'auto', 'original' or 'model', got {mask_resolution!r}.")
-    if (
-        not isinstance(image_size, (tuple, list))
-        or len(image_size) != 2
-        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in image_size)
-    ):
-        raise ValueError(f"`image_size` must be (height, width) positive integers, got {image_size!r}.")
-    image_size = tuple(image_size)
-    max_pixels = require_positive_int("max_pixels", max_pixels)
-    if not model.built:
-        raise ValueError("`model` must be built (call it once on a batch) before export.")
-    model_size = getattr(model, "image_size", None)
-    if model_size is not None:
-        model_size = (model_size, model_size) if isinstance(model_size, int) else tuple(model_size)
-        if model_size != image_size:
-            raise ValueError(f"`image_size` {image_size} is not the model's input size {model_size} "
-                             f"(its `image_size`): export with image_size={model_size}.")
-    serving = _Serving(model, image_size, bool(normalized_coordinates), mask_resolution, max_pixels)
+    serving = _checked_serving(model, image_size, normalized_coordinates, mask_resolution, max_pixels)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
