@@ -14,7 +14,8 @@ The run prints the COCO bbox and segm numbers of the synthetic validation images
 24 Greek coins (``keras_cvx.data.coins_dataset``; class-agnostic: every detection counts as
 a coin) and draws it (``--coins-png``), and exports to ``<export-dir>/<version>``
 (``saved_models/condinst/1``; ``--export-dir ''`` skips it) with ``detection_masks`` at the
-original image resolution.
+original image resolution; ``--onnx`` also writes ``<export-dir>/model.onnx`` with the same
+input and outputs, masks included (``keras_cvx.export.export_onnx``; the ``[onnx]`` extra).
 
 On COCO-format data with instance masks (json + image folder, or Model Garden TFRecords with
 ``image/object/mask``)::
@@ -42,8 +43,7 @@ from keras_cvx.data.coco import coco_dataset, load_coco
 from keras_cvx.data.real_images import coins_dataset
 from keras_cvx.data.tfrecord import tfrecord_dataset
 from keras_cvx.evaluation.coco_evaluator import STAT_NAMES, COCOEvaluator
-from keras_cvx.export.cli import add_output_arguments
-from keras_cvx.export.saved_model import export_saved_model
+from keras_cvx.export.cli import add_output_arguments, export_model
 from keras_cvx.heads.condinst import CondInstMaskBranch
 from keras_cvx.heads.fcos import FCOSHead
 from keras_cvx.layers.fcos_decoder import FCOSDecoder
@@ -177,9 +177,7 @@ def main(argv=None):
         if args.coins_png:
             images, _ = next(iter(coins))
             print("wrote", draw(predict, images, args.coins_png, ["coin"] * len(class_names), min_score=0.2))
-        if args.export_dir:
-            path = export_saved_model(model, os.path.join(args.export_dir, str(args.export_version)), size)
-            print("exported", path)
+        export_model(model, args, size)
     return results
 
 

@@ -29,7 +29,9 @@ prints the 12 COCO bbox numbers of the validation set, writes ``--png`` (the fir
 batch with its detections; ``saved_models/ssd_net/predictions.png``), ``--augmentation-png``
 (SSD-augmented samples of the two bundled photographs with their boxes,
 ``saved_models/ssd_net/ssd_augmentation.png``) and exports to ``<export-dir>/<version>``
-(``saved_models/ssd_net/1`` by default; see ``saved_models/README.md``).
+(``saved_models/ssd_net/1`` by default; see ``saved_models/README.md``); ``--onnx`` also writes
+``<export-dir>/model.onnx`` for ONNX Runtime (``keras_cvx.export.export_onnx``: the same input
+and outputs, pre-processing, decoding and NMS inside; needs ``pip install -e ".[onnx]"``).
 
 Data augmentation: by default the training images go through SSD's augmentation
 (``keras_cvx.data.ssd_augment``: photometric distortion, zoom-out expand, min-IoU crop, flip,
@@ -93,8 +95,7 @@ from keras_cvx.data.coco import coco_dataset
 from keras_cvx.data.ssd_augment import ssd_coco_dataset, write_augmentation_grid
 from keras_cvx.data.tfrecord import tfrecord_dataset
 from keras_cvx.evaluation.coco_evaluator import STAT_NAMES, COCOEvaluator
-from keras_cvx.export.cli import add_output_arguments
-from keras_cvx.export.saved_model import export_saved_model
+from keras_cvx.export.cli import add_output_arguments, export_model
 from keras_cvx.models.backbones.vgg import convert_vgg16_weights
 from keras_cvx.models.ssd_net import BACKBONES, SSDNet
 from keras_cvx.training.cli import build_trainer, make_parser
@@ -258,9 +259,7 @@ def main(argv=None):
         print("wrote", draw(predict, val, args.png, class_names))
         if args.augmentation_png:
             print("wrote", write_augmentation_grid(args.augmentation_png, output_size=size, samples=4, seed=args.seed))
-        if args.export_dir:
-            path = export_saved_model(model, os.path.join(args.export_dir, str(args.export_version)), size)
-            print("exported", path)
+        export_model(model, args, size)
     return results
 
 
