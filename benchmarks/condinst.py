@@ -18,11 +18,10 @@ a CPU run: the example's default model (ResNet-10 x0.25, 128x128, batch 4) and R
 """
 
 import argparse
-import statistics
-import time
 
 import keras
 import numpy as np
+from timing import measure  # benchmarks/timing.py (this script's folder is on sys.path)
 
 from keras_cvx.models.condinst import CondInst
 
@@ -59,14 +58,6 @@ def compiled(fn, model):
 
     jitted = jax.jit(pure)
     return lambda images: jitted([v.value for v in variables], images)
-
-
-def timed(fn, runs):
-    """Seconds per call of ``fn`` (its result fetched to the host), over ``runs`` calls."""
-    start = time.perf_counter()
-    for _ in range(runs):
-        keras.tree.map_structure(np.asarray, fn())
-    return (time.perf_counter() - start) / runs
 
 
 def fcos_alone(model):
@@ -131,12 +122,7 @@ def main():
     jobs = {("predict", name): (lambda p=p: p(images)) for name, p in predictors.items()}
     if BACKEND == "tensorflow" and not args.no_train:
         jobs.update({("train",) + key: job for key, job in train_jobs(rng, args.train_steps).items()})
-    first_call = {key: timed(job, 1) for key, job in jobs.items()}  # tracing and XLA compilation
-    seconds = {key: [] for key in jobs}
-    for _ in range(args.rounds):
-        for key, job in jobs.items():
-            seconds[key].append(timed(job, args.runs))
-    median = {key: statistics.median(values) for key, values in seconds.items()}
+    first_call, median = measure(jobs, args.rounds, args.runs)  # first calls: tracing and XLA compilation
 
     print(f"\npredict, batch 1, {size}x{size}, XLA ({args.rounds} rounds x {args.runs} runs, median):")
     for name in predictors:

@@ -26,7 +26,6 @@ ONNX Runtime time from 88 to 75 ms at batch 8 in a trial, with the same detectio
 import argparse
 import os
 import platform
-import statistics
 import tempfile
 import time
 
@@ -39,7 +38,7 @@ from keras_cvx.export import export_onnx, export_saved_model
 from keras_cvx.heads.condinst import CondInstMaskBranch
 from keras_cvx.heads.fcos import FCOSHead
 from keras_cvx.models import CondInst, FeaturePyramid, SSDNet
-from ssd_net import timed  # benchmarks/ssd_net.py (this script's folder is on sys.path)
+from timing import measure  # benchmarks/timing.py (this script's folder is on sys.path)
 
 MODELS = {
     "ssd_net": lambda: SSDNet(5, image_size=160, backbone="resnet10", width_multiplier=0.25, fusion_channels=64),
@@ -102,13 +101,8 @@ def main():
                 jobs[(name, batch, "Keras no XLA")] = lambda f=graph, x=floats: f(x)
                 jobs[(name, batch, "SavedModel")] = lambda f=serving, x=tf.constant(uint8): f(images=x)
                 jobs[(name, batch, "ONNX Runtime")] = lambda s=session, x=uint8: run_onnx(s, x)
-        first = {key: timed(job, 1) for key, job in jobs.items()}  # tracing, XLA compilation, session warm-up
-        seconds = {key: [] for key in jobs}
-        for _ in range(args.rounds):
-            for key, job in jobs.items():
-                seconds[key].append(timed(job, args.runs))
+        first, median = measure(jobs, args.rounds, args.runs)  # first calls: tracing, XLA compilation, warm-up
         counts = {key: int(np.sum(job()["num_detections"])) for key, job in jobs.items()}
-    median = {key: statistics.median(values) for key, values in seconds.items()}
 
     print(f"{cpu_name()}, {os.cpu_count()} cores (TensorFlow and ONNX Runtime use their default thread pools); "
           f"TensorFlow {tf.__version__}, onnxruntime {onnxruntime.__version__}; {args.rounds} rounds x {args.runs} "

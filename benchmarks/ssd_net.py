@@ -7,12 +7,11 @@ rounds, median). Prints the ratios SSD-NET/SSD and XLA/no-XLA.
 """
 
 import argparse
-import statistics
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
+from timing import measure  # benchmarks/timing.py (this script's folder is on sys.path)
 
 from keras_cvx.models.ssd_net import SSDNet
 from keras_cvx.training.trainer import Trainer
@@ -24,14 +23,6 @@ MODELS = {"SSD300": False, "SSD-NET300": True}
 def make_model(net_modules):
     keras.utils.set_random_seed(0)
     return SSDNet(80, SIZE, backbone="vgg16", net_modules=net_modules)
-
-
-def timed(fn, runs):
-    """Seconds per call of ``fn`` (its result fetched to the host), over ``runs`` calls."""
-    start = time.perf_counter()
-    for _ in range(runs):
-        keras.tree.map_structure(np.asarray, fn())
-    return (time.perf_counter() - start) / runs
 
 
 def targets(batch, rng):
@@ -73,12 +64,7 @@ def main():
             jobs[("predict", batch) + key] = (lambda p=predict, x=images[batch]: p(x))
     for key, trainer in trainers.items():
         jobs[("train", args.train_batch) + key] = train_step(trainer)
-    compile_time = {key: timed(job, 1) for key, job in jobs.items()}  # tracing, XLA compilation
-    seconds = {key: [] for key in jobs}
-    for _ in range(args.rounds):
-        for key, job in jobs.items():
-            seconds[key].append(timed(job, args.runs))
-    median = {key: statistics.median(v) for key, v in seconds.items()}
+    compile_time, median = measure(jobs, args.rounds, args.runs)  # first calls: tracing, XLA compilation
 
     print(f"device: {tf.config.list_logical_devices()[0].name}, {args.rounds} rounds x {args.runs} calls, median")
     print(f"{'task':<22}{'model':<12}{'XLA':>5}{'first call s':>14}{'s/call':>10}{'images/s':>10}")
