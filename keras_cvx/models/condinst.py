@@ -337,8 +337,11 @@ class CondInst(keras.Model):
         sampled = ops.take(ops.take(masks, np.asarray(rows, np.int32), axis=2), np.asarray(cols, np.int32), axis=3)
         labels = ops.cast(y["labels"], "int32")
         cover = (sampled > 0.5) & (labels >= 0)[:, :, None, None]
-        area = ops.sum(masks, axis=(2, 3))[:, :, None, None]
-        best = ops.argmin(ops.where(cover, area, float("inf")), axis=1)  # [B, h, w]
+        area = ops.where(cover, ops.sum(masks, axis=(2, 3))[:, :, None, None], float("inf"))  # [B, M, h, w]
+        # the first of the smallest (explicitly: argmin's choice among ties is not documented)
+        instance = ops.arange(masks.shape[1], dtype="int32")[None, :, None, None]
+        best = ops.min(ops.where(area == ops.min(area, axis=1, keepdims=True), instance, masks.shape[1]), axis=1)
+        best = ops.minimum(best, masks.shape[1] - 1)  # [B, h, w]; uncovered centres are masked below
         classes = ops.take_along_axis(labels, ops.reshape(best, (-1, h8 * w8)), axis=1)
         one_hot = ops.one_hot(ops.maximum(classes, 0), self.num_classes)
         covered = ops.reshape(ops.any(cover, axis=1), (-1, h8 * w8, 1))
