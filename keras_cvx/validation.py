@@ -47,7 +47,7 @@ def concrete_values(tensor):
     values run in eager mode and are skipped inside compiled code."""
     try:
         return np.asarray(tensor)
-    except (TypeError, NotImplementedError):
+    except (TypeError, RuntimeError):  # JAX tracers raise a TypeError, symbolic TF tensors a RuntimeError subclass
         return None
 
 
