@@ -65,10 +65,12 @@ def test_ceil_pool_border_windows_use_in_image_elements_only():
 def test_zero_erased_part_adds_activation_of_bias():
     """Spec §9: with the NEM gate at 0 the erased part is 0 and NTM adds T(0) = ReLU(bias)."""
     _, deep = _inputs(2)
-    layer = NeighborTransferring(bias_initializer="random_normal")
+    layer = NeighborTransferring()
+    layer.build((2, 10, 10, 4), deep.shape)
+    kernel = np.random.default_rng(3).normal(size=layer.transfer_conv.kernel.shape).astype("float32")
+    bias = np.array([-0.5, 0.25, -0.125, 1.0, 0.0], "float32")  # both signs and exactly 0
+    layer.transfer_conv.set_weights([kernel, bias])
     y = ops.convert_to_numpy(layer(np.zeros((2, 10, 10, 4), "float32"), deep))
-    bias = layer.transfer_conv.get_weights()[1]
-    assert (bias < 0).any() and (bias > 0).any()
     np.testing.assert_allclose(y, deep + np.maximum(bias, 0.0), rtol=1e-6, atol=1e-6)
 
 
