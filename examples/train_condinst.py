@@ -47,7 +47,8 @@ from keras_cvx.export.cli import add_output_arguments, export_model
 from keras_cvx.heads.condinst import CondInstMaskBranch
 from keras_cvx.heads.fcos import FCOSHead
 from keras_cvx.layers.fcos_decoder import FCOSDecoder
-from keras_cvx.models.condinst import RESNET_DEPTHS, CondInst
+from keras_cvx.models.condinst import CondInst
+from keras_cvx.models.detector_parts import RESNET_DEPTHS
 from keras_cvx.models.necks.fpn import FeaturePyramid
 from keras_cvx.training.cli import build_trainer, make_parser
 from keras_cvx.visualize import draw_detections, save_png

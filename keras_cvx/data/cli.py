@@ -25,6 +25,7 @@ Example:
 ('t.json', 'd', 'v.json', 'd')
 """
 
+import hashlib
 import os
 import tempfile
 
@@ -69,25 +70,35 @@ def check_data_arguments(parser, args):
         parser.error("real data needs --val-json and its image folder (--val-images or --images)")
 
 
-def data_paths(args, **shape_options):
+def _folder_suffix(options):
+    """A folder-name suffix that tells ``synthetic_shapes`` option sets apart."""
+    text = "".join(f"_{options[k]}" for k in sorted(options))
+    if all(c.isalnum() or c in "_.-" for c in text):
+        return text
+    return "_" + hashlib.sha1(repr(sorted(options.items())).encode()).hexdigest()[:10]
+
+
+def data_paths(args, train_options=None, **shape_options):
     """``(train_json, train_images, val_json, val_images)`` of the flags' data.
 
     Without ``--train-json``/``--train-tfrecord``: ``synthetic_shapes`` sets of
     ``args.image_size`` square images (``--synthetic-train-images`` with seed 0,
     ``--synthetic-val-images`` with seed 1, at most 6 objects per image, ``shape_options``
-    passed on, e.g. ``num_classes`` or ``min_size``), written once under ``--synthetic-dir`` in
-    a folder named by these settings. ``train_json`` is ``None`` with ``--train-tfrecord``.
+    passed on, e.g. ``num_classes`` or ``min_size``, and ``train_options`` for the training set
+    only, e.g. a long-tailed ``class_weights``), written once under ``--synthetic-dir`` in a
+    folder named by these settings. ``train_json`` is ``None`` with ``--train-tfrecord``.
     """
     if args.train_json or args.train_tfrecord:
         return args.train_json, args.images, args.val_json, args.val_images or args.images
     paths = []
-    options = "".join(f"_{shape_options[k]}" for k in sorted(shape_options))
-    for split, count, seed in (("train", args.synthetic_train_images, 0), ("val", args.synthetic_val_images, 1)):
-        folder = os.path.join(args.synthetic_dir, f"{split}_{count}_{args.image_size}{options}_{seed}")
+    splits = (("train", args.synthetic_train_images, 0, dict(shape_options, **(train_options or {}))),
+              ("val", args.synthetic_val_images, 1, shape_options))
+    for split, count, seed, options in splits:
+        folder = os.path.join(args.synthetic_dir, f"{split}_{count}_{args.image_size}{_folder_suffix(options)}_{seed}")
         annotations = os.path.join(folder, "annotations.json")
         if not os.path.exists(annotations):
             synthetic_shapes(folder, num_images=count, image_size=(args.image_size, args.image_size), max_objects=6,
-                             seed=seed, **shape_options)
+                             seed=seed, **options)
         paths += [annotations, os.path.join(folder, "images")]
     return tuple(paths)
 

@@ -3,3 +3,4 @@
 from keras_cvx.heads.ssd import SSDHead
 from keras_cvx.heads.condinst import CondInstController, CondInstMaskBranch, CondInstSemanticHead
 from keras_cvx.heads.fcos import FCOSHead
+from keras_cvx.heads.rpn import RPNHead

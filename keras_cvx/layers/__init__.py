@@ -19,3 +19,5 @@ from keras_cvx.layers.tau_normalized_dense import (
 )
 from keras_cvx.layers.dynamic_mask_head import DynamicMaskHead
 from keras_cvx.layers.fcos_decoder import FCOSDecoder
+from keras_cvx.layers.proposal_generator import ProposalGenerator
+from keras_cvx.layers.rcnn_decoder import RCNNDecoder

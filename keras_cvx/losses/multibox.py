@@ -69,10 +69,11 @@ def _unpack(y_true, y_pred):
     )
 
 
-def smooth_l1(difference):
-    """Smooth-L1 with β = 1: 0.5·d² where |d| < 1, else |d| − 0.5."""
+def smooth_l1(difference, beta=1.0):
+    """Smooth-L1 of Fast R-CNN (arXiv 1504.08083, eq. 3) with mmdet's ``beta`` (default 1):
+    ``0.5 d² / β`` where ``|d| < β``, else ``|d| − 0.5 β``."""
     absolute = ops.abs(difference)
-    return ops.where(absolute < 1.0, 0.5 * ops.square(difference), absolute - 0.5)
+    return ops.where(absolute < beta, 0.5 * ops.square(difference) / beta, absolute - 0.5 * beta)
 
 
 def hard_negative_mask(background_loss, candidates, num_negatives):

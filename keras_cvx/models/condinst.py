@@ -80,36 +80,19 @@ from keras_cvx.losses.focal import sigmoid_focal_loss
 from keras_cvx.losses.iou import ltrb_iou_loss
 from keras_cvx.losses.replicas import normalized_sum, replica_share
 from keras_cvx.models.anchor_generators.fcos import FCOSLocations
-from keras_cvx.models.backbones.resnet import ResNet
-from keras_cvx.models.backbones.vgg import scaled_channels
+from keras_cvx.models.detector_parts import (
+    IMAGENET_MEAN,
+    deserialize_part,
+    detector_backbone,
+    detector_image_size,
+)
 from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder, mask_centers
 from keras_cvx.models.necks.fpn import FeaturePyramid
 from keras_cvx.ops.boxes import clip_boxes
 from keras_cvx.ops.upsampling import aligned_bilinear
 from keras_cvx.validation import check_labels, require_positive, require_positive_int
 
-RESNET_DEPTHS = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-"""RGB mean subtracted from the input (Detectron2's BGR mean in RGB order; std 1)."""
 LOSS_NAMES = ("loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_sem")
-
-
-def _image_size(image_size):
-    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
-        image_size = (int(image_size), int(image_size))
-    if (not isinstance(image_size, (list, tuple)) or len(image_size) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 32 or v % 32
-                   for v in image_size)):
-        raise ValueError(f"`image_size` must be (height, width) (or an int), multiples of 32, got {image_size!r}.")
-    return int(image_size[0]), int(image_size[1])
-
-
-def _deserialize(value, default):
-    if value is None:
-        return default()
-    if isinstance(value, dict):
-        return keras.saving.deserialize_keras_object(value)
-    return value
 
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
@@ -169,7 +152,7 @@ class CondInst(keras.Model):
         super().__init__(**kwargs)
         self.num_classes = require_positive_int("num_classes", int(num_classes) if isinstance(
             num_classes, np.integer) else num_classes)
-        self.image_size = _image_size(image_size)
+        self.image_size = detector_image_size(image_size)
         self.width_multiplier = require_positive("width_multiplier", width_multiplier)
         self.semantic_loss = bool(semantic_loss)
         self.max_proposals = require_positive_int("max_proposals", max_proposals)
@@ -182,40 +165,27 @@ class CondInst(keras.Model):
         self.seed = seed
 
         height, width = self.image_size
-        if isinstance(backbone, dict):
-            backbone = keras.saving.deserialize_keras_object(backbone)
-        if isinstance(backbone, str):
-            if backbone not in RESNET_DEPTHS:
-                raise ValueError(f"`backbone` must be one of {sorted(RESNET_DEPTHS)} or a keras.Model, got {backbone!r}.")
-            backbone = ResNet(RESNET_DEPTHS[backbone], include_top=False, input_shape=(height, width, 3),
-                              base_width=scaled_channels(64, self.width_multiplier))
-        elif not isinstance(backbone, keras.Model):
-            raise ValueError(f"`backbone` must be one of {sorted(RESNET_DEPTHS)} or a keras.Model, got {backbone!r}.")
-        self.backbone = backbone
-        outputs = backbone.output if hasattr(backbone, "output") else None
-        if not isinstance(outputs, dict) or any(k not in outputs for k in ("C3", "C4", "C5")):
-            raise ValueError("`backbone` must return a dict with 'C3', 'C4' and 'C5' (strides 8, 16, 32), got "
-                             f"{None if outputs is None else type(outputs).__name__}.")
-        self._backbone_shapes = {k: tuple(outputs[k].shape) for k in ("C3", "C4", "C5")}
+        self.backbone, self._backbone_shapes = detector_backbone(backbone, self.image_size, self.width_multiplier,
+                                                                 ("C3", "C4", "C5"))
 
-        self.neck = _deserialize(neck, FeaturePyramid)
+        self.neck = deserialize_part(neck, FeaturePyramid)
         if (self.neck.min_level, self.neck.max_level) != (3, 7):
             raise ValueError(f"`neck` must give P3..P7, got P{self.neck.min_level}..P{self.neck.max_level}.")
-        self.mask_head = _deserialize(mask_head, DynamicMaskHead)
-        self.head = _deserialize(head, lambda: FCOSHead(self.num_classes, return_box_features=True))
+        self.mask_head = deserialize_part(mask_head, DynamicMaskHead)
+        self.head = deserialize_part(head, lambda: FCOSHead(self.num_classes, return_box_features=True))
         if not self.head.return_box_features or self.head.num_classes != self.num_classes:
             raise ValueError("`head` must be an FCOSHead with `num_classes` = the model's and return_box_features=True.")
-        self.controller = _deserialize(controller, lambda: CondInstController(self.mask_head.num_params))
+        self.controller = deserialize_part(controller, lambda: CondInstController(self.mask_head.num_params))
         if self.controller.num_params != self.mask_head.num_params:
             raise ValueError(f"`controller` gives {self.controller.num_params} parameters per location; `mask_head` "
                              f"needs {self.mask_head.num_params}.")
-        self.mask_branch = _deserialize(mask_branch, CondInstMaskBranch)
+        self.mask_branch = deserialize_part(mask_branch, CondInstMaskBranch)
         if self.mask_branch.out_channels != self.mask_head.mask_channels:
             raise ValueError(f"`mask_branch` gives {self.mask_branch.out_channels} channels; `mask_head` expects "
                              f"{self.mask_head.mask_channels}.")
-        self.anchor_generator = _deserialize(anchor_generator, FCOSLocations)
-        self.label_encoder = _deserialize(label_encoder, FCOSLabelEncoder)
-        self.decoder = _deserialize(decoder, FCOSDecoder)
+        self.anchor_generator = deserialize_part(anchor_generator, FCOSLocations)
+        self.label_encoder = deserialize_part(label_encoder, FCOSLabelEncoder)
+        self.decoder = deserialize_part(decoder, FCOSDecoder)
         self.semantic_head = CondInstSemanticHead(self.num_classes, name="semantic_head") if self.semantic_loss else None
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_trackers = [keras.metrics.Mean(name=name) for name in LOSS_NAMES[: 4 + self.semantic_loss]]

@@ -1,4 +1,6 @@
-"""Label encoders: ground truth -> per-anchor/per-location training targets."""
+"""Label encoders: ground truth -> per-anchor/per-location/per-RoI training targets."""
 
 from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder, mask_centers
+from keras_cvx.models.label_encoders.roi import RoISampler
+from keras_cvx.models.label_encoders.rpn import RPNLabelEncoder
 from keras_cvx.models.label_encoders.ssd import SSDLabelEncoder

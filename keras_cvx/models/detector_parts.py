@@ -1,0 +1,64 @@
+"""What the FPN detectors (``FasterRCNN``, ``CondInst``) share when they are built from their
+constructor arguments: the input size check, named ResNet backbones, and parts given as
+objects, serialized dicts or ``None`` (the default part)."""
+
+import keras
+import numpy as np
+
+from keras_cvx.models.backbones.resnet import ResNet
+from keras_cvx.models.backbones.vgg import scaled_channels
+
+RESNET_DEPTHS = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+"""Backbone names a detector accepts (``keras_cvx.models.ResNet`` of that depth)."""
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+"""RGB mean subtracted from the input (Detectron2's BGR mean in RGB order; std 1)."""
+
+
+def detector_image_size(image_size):
+    """``(height, width)`` of a detector's padded input: ints, multiples of 32 (an int means a
+    square); ``ValueError`` naming ``image_size`` otherwise."""
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        image_size = (int(image_size), int(image_size))
+    if (not isinstance(image_size, (list, tuple)) or len(image_size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 32 or v % 32
+                   for v in image_size)):
+        raise ValueError(f"`image_size` must be (height, width) (or an int), multiples of 32, got {image_size!r}.")
+    return int(image_size[0]), int(image_size[1])
+
+
+def deserialize_part(value, default):
+    """A detector part: ``default()`` for None, the object of a serialized dict, or ``value``."""
+    if value is None:
+        return default()
+    if isinstance(value, dict):
+        return keras.saving.deserialize_keras_object(value)
+    return value
+
+
+def detector_backbone(backbone, image_size, width_multiplier, keys):
+    """The backbone model of a detector and the static shapes of its outputs ``keys``.
+
+    Args:
+        backbone: a name of ``RESNET_DEPTHS``, a ``keras.Model`` returning a dict with ``keys``,
+            or such a model serialized.
+        image_size: ``(height, width)``.
+        width_multiplier: of a named ResNet (base width 64 x it, at least 8).
+        keys: the feature names the detector needs, e.g. ``("C2", "C3", "C4", "C5")``.
+
+    Returns: ``(model, {key: shape})``.
+    """
+    if isinstance(backbone, dict):
+        backbone = keras.saving.deserialize_keras_object(backbone)
+    if isinstance(backbone, str):
+        if backbone not in RESNET_DEPTHS:
+            raise ValueError(f"`backbone` must be one of {sorted(RESNET_DEPTHS)} or a keras.Model, got {backbone!r}.")
+        backbone = ResNet(RESNET_DEPTHS[backbone], include_top=False, input_shape=tuple(image_size) + (3,),
+                          base_width=scaled_channels(64, width_multiplier))
+    elif not isinstance(backbone, keras.Model):
+        raise ValueError(f"`backbone` must be one of {sorted(RESNET_DEPTHS)} or a keras.Model, got {backbone!r}.")
+    outputs = backbone.output if hasattr(backbone, "output") else None
+    if not isinstance(outputs, dict) or any(k not in outputs for k in keys):
+        raise ValueError(f"`backbone` must return a dict with {list(keys)}, got "
+                         f"{None if outputs is None else type(outputs).__name__}.")
+    return backbone, {k: tuple(outputs[k].shape) for k in keys}
