@@ -21,7 +21,9 @@ from keras_cvx.validation import require_positive_int
 
 
 def class_frequencies(coco_annotation_file, rare_max_images=10, common_max_images=100):
-    """Returns a dict with NumPy arrays ordered by category id:
+    """Class frequencies of ``coco_annotation_file`` (a COCO json path or the loaded dict).
+
+    Returns a dict with NumPy arrays ordered by category id:
 
     * ``category_ids`` [C] int, ``image_counts`` [C] int, ``frequencies`` [C] float64 (f_j),
     * ``groups`` [C] str in {"r", "c", "f"}, and ``num_images`` (N_img).
@@ -32,8 +34,11 @@ def class_frequencies(coco_annotation_file, rare_max_images=10, common_max_image
         raise ValueError(
             f"`common_max_images` ({common_max_images}) must be >= `rare_max_images` ({rare_max_images})."
         )
-    with open(coco_annotation_file) as f:
-        data = json.load(f)
+    if isinstance(coco_annotation_file, dict):
+        data = coco_annotation_file
+    else:
+        with open(coco_annotation_file) as f:
+            data = json.load(f)
     category_ids = np.array(sorted(c["id"] for c in data.get("categories", [])), dtype=np.int64)
     index = {int(c): i for i, c in enumerate(category_ids)}
     images_per_class = [set() for _ in category_ids]

@@ -76,6 +76,7 @@ import tensorflow as tf
 from PIL import Image
 from pycocotools.coco import COCO
 
+from keras_cvx.data.sampling import _check_threshold, apply_repeat_factors, repeat_factors
 from keras_cvx.data.transforms import clip_boxes, horizontal_flip, resize_and_pad, scale_boxes
 from keras_cvx.validation import PADDING_LABEL, require_positive_int
 
@@ -389,6 +390,7 @@ def coco_dataset(
     drop_remainder=None,
     num_classes=None,
     strict=False,
+    repeat_factor_threshold=None,
 ):
     """A ``tf.data.Dataset`` of ``(images, targets)`` batches (see the module docstring).
 
@@ -401,13 +403,31 @@ def coco_dataset(
         training: shuffle, flip at random, repeat forever, and drop the last partial batch.
         mask_stride: ``None`` (no masks) or a positive int dividing both image sides.
         shuffle_buffer: shuffle buffer size when training.
-        seed: seed of the shuffle and the flips.
+        seed: seed of the shuffle and the flips (and, plus one, of the repeat-factor draws).
         drop_remainder: defaults to ``training``.
         num_classes: when given, a ``ValueError`` at construction for an annotation whose
             class id is ``>= num_classes``.
         strict: the json's problems (module docstring) raise a ``ValueError`` at construction
             instead of one ``DataWarning``.
+        repeat_factor_threshold: ``None``, or LVIS repeat-factor sampling's threshold t in
+            (0, 1] ("LVIS: A Dataset for Large Vocabulary Instance Segmentation", arXiv
+            1908.03195, §5; ``keras_cvx.data.sampling.repeat_factors``, LVIS uses 0.001):
+            each image is seen r(I) times per epoch (stochastically rounded, drawn anew each
+            epoch), before the shuffle, so that its repeats are shuffled too (a
+            ``shuffle_buffer`` above the largest r(I) spreads them). Only with
+            ``training=True`` (evaluation sees each image once). Class frequencies, such as
+            Equalization Loss's ``class_frequencies(annotation_file)``, must still come from
+            the json's annotations, not from the repeated stream. Every annotation's
+            ``category_id`` must then be in ``categories`` (``class_frequencies`` raises a
+            ``ValueError`` otherwise).
     """
+    if repeat_factor_threshold is not None:
+        _check_threshold("repeat_factor_threshold", repeat_factor_threshold)
+        if not training:
+            raise ValueError(
+                f"`repeat_factor_threshold` ({repeat_factor_threshold!r}) needs training=True: evaluation must see "
+                "each image once."
+            )
     coco = load_coco(annotation_file)
     require_positive_int("max_instances", max_instances)
     require_positive_int("batch_size", batch_size)
@@ -448,6 +468,13 @@ def coco_dataset(
         )
 
     dataset = tf.data.Dataset.range(len(image_ids))
+    if repeat_factor_threshold is not None:
+        stats = repeat_factors(annotation_file, repeat_factor_threshold)
+        factor_of = dict(zip(stats["image_ids"].tolist(), stats["factors"].tolist()))
+        factors = tf.constant([factor_of[image_id] for image_id in image_ids], tf.float64)
+        dataset = apply_repeat_factors(
+            dataset, lambda index: tf.gather(factors, index), seed=None if seed is None else seed + 1
+        )
     if training:
         dataset = dataset.shuffle(max(1, shuffle_buffer), seed=seed, reshuffle_each_iteration=True).repeat()
     flips = tf.data.Dataset.random(seed=seed).map(lambda r: tf.logical_and(training, r % 2 == 0))

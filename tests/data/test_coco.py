@@ -453,3 +453,47 @@ def test_polygon_and_rle_masks_with_and_without_flip_match_pycocotools(three_enc
             check(targets, flip)
             flipped.add(flip)
     assert flipped == {False, True}  # seed 0 flips some of the first 8 epochs and not others
+
+
+@pytest.fixture(scope="module")
+def one_rare_image(tmp_path_factory):
+    # 20 images, 16 with annotations; class 3 is in one image (f = 1/16), classes 1 and 2 in over half
+    out = tmp_path_factory.mktemp("rare")
+    path = synthetic_shapes(
+        str(out), num_images=20, image_size=(32, 32), num_classes=3, max_objects=3, class_weights=(1, 1, 0.06), seed=1
+    )
+    return path, str(out / "images")
+
+
+def _image_id_counts(dataset, num_batches):
+    ids = np.concatenate([t["image_info"]["image_id"].numpy() for _, t in dataset.take(num_batches)])
+    return dict(zip(*np.unique(ids, return_counts=True))), len(ids)
+
+
+def test_repeat_factor_sampling_shows_rare_images_more_often(one_rare_image):
+    path, image_dir = one_rare_image
+    data = json.load(open(path))
+    annotated = {a["image_id"] for a in data["annotations"]}
+    rare = {a["image_id"] for a in data["annotations"] if a["category_id"] == 3}
+    assert len(annotated) == 16 and len(rare) == 1
+    assert [c["image_count"] >= 8 for c in data["categories"]] == [True, True, False]
+    # t = 0.5: r = sqrt(0.5 / (1/16)) = sqrt(8) for the rare image; the other classes have f >= 0.5, r = 1
+    expected_share = 8 ** 0.5 / (19 + 8 ** 0.5)
+    shares = {}
+    for threshold in (None, 0.5):
+        ds = coco_dataset(path, image_dir, (32, 32), max_instances=3, batch_size=10, training=True, shuffle_buffer=64,
+                          seed=0, repeat_factor_threshold=threshold)
+        counts, total = _image_id_counts(ds, 40)
+        assert set(counts) == {img["id"] for img in data["images"]}
+        shares[threshold] = sum(counts.get(i, 0) for i in rare) / total
+    assert shares[None] == 1 / 20  # 400 images: exactly 20 epochs without repeats
+    assert abs(shares[0.5] - expected_share) < 0.04 and shares[0.5] > 2 * shares[None]
+
+
+def test_repeat_factor_threshold_needs_training_and_a_valid_threshold(one_rare_image):
+    path, image_dir = one_rare_image
+    with pytest.raises(ValueError, match="repeat_factor_threshold.*training"):
+        coco_dataset(path, image_dir, (32, 32), 3, 2, training=False, repeat_factor_threshold=0.5)
+    for bad in (0, 2.0, "0.5"):
+        with pytest.raises(ValueError, match="repeat_factor_threshold"):
+            coco_dataset(path, image_dir, (32, 32), 3, 2, training=True, repeat_factor_threshold=bad)

@@ -1,4 +1,5 @@
-"""Tests for keras_cvx.data.shapes: determinism, masks/boxes agreeing with the json, long tail."""
+"""Tests for keras_cvx.data.shapes: determinism, masks/boxes agreeing with the json, long tail,
+explicit class weights."""
 
 import filecmp
 import json
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from keras_cvx.data.shapes import SHAPE_NAMES, synthetic_shapes
+from keras_cvx.data.shapes import LONG_TAILED_PROFILE, SHAPE_NAMES, synthetic_shapes
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,52 @@ def test_long_tailed_frequencies_and_groups(tmp_path):
         assert cat["frequency"] == ("f" if n > 12 else "r" if n <= 3 else "c")
     assert {c["frequency"] for c in data["categories"]} >= {"f", "r"}
     assert data["images"][0]["file_name"].endswith(".jpg")
+
+
+def _class_histogram(path, num_classes):
+    return np.bincount([a["category_id"] - 1 for a in json.load(open(path))["annotations"]], minlength=num_classes)
+
+
+def test_class_weights_set_the_class_proportions(tmp_path):
+    only_first = synthetic_shapes(
+        str(tmp_path / "one"), num_images=20, image_size=(32, 32), class_weights=(3, 0, 0, 0, 0)
+    )
+    counts = _class_histogram(only_first, 5)
+    assert counts[0] > 20 and counts[1:].sum() == 0
+    path = synthetic_shapes(
+        str(tmp_path / "mixed"), num_images=300, image_size=(32, 32), num_classes=4, class_weights=[1, 2, 0, 1], seed=0
+    )
+    counts = _class_histogram(path, 4)
+    assert counts.sum() > 700  # a binomial proportion's standard deviation is then <= 0.019
+    np.testing.assert_allclose(counts / counts.sum(), [0.25, 0.5, 0.0, 0.25], atol=0.05)
+    assert json.load(open(path))["info"]["class_weights"] == [1.0, 2.0, 0.0, 1.0]
+
+
+def test_long_tailed_profile_gives_frequent_common_and_rare_classes(tmp_path):
+    # the size documented in the module docstring: 2 frequent, 3 common, 3 rare classes
+    path = synthetic_shapes(
+        str(tmp_path), num_images=300, image_size=(32, 32), num_classes=8, max_objects=5,
+        class_weights=LONG_TAILED_PROFILE, seed=0,
+    )
+    data = json.load(open(path))
+    assert [c["frequency"] for c in data["categories"]] == ["f", "f", "c", "c", "c", "r", "r", "r"]
+    for cat in data["categories"][5:]:
+        images = {a["image_id"] for a in data["annotations"] if a["category_id"] == cat["id"]}
+        assert 1 <= len(images) <= 15  # a handful of training images, at most 5% of 300
+
+
+@pytest.mark.parametrize(
+    "weights", [(1, 1, 1), (1, 1, 1, 1, 1, 1), (1, -1, 1, 1, 1), (0, 0, 0, 0, 0), (1, float("nan"), 1, 1, 1),
+                (1, float("inf"), 1, 1, 1), "abcde"],
+)
+def test_rejects_bad_class_weights(tmp_path, weights):
+    with pytest.raises(ValueError, match="class_weights"):
+        synthetic_shapes(str(tmp_path), num_classes=5, class_weights=weights)
+
+
+def test_class_weights_exclude_long_tailed(tmp_path):
+    with pytest.raises(ValueError, match="class_weights.*long_tailed"):
+        synthetic_shapes(str(tmp_path), num_classes=5, class_weights=(1, 1, 1, 1, 1), long_tailed=True)
 
 
 def test_rejects_bad_arguments(tmp_path):
