@@ -156,6 +156,38 @@ def pairwise_giou(boxes1, boxes2):
     return _safe_ratio(intersection, union) - _safe_ratio(hull - union, hull)
 
 
+def aligned_iou(boxes1, boxes2):
+    """IoU of corresponding boxes (element-wise, not every pair): ``|a ∩ b| / |a ∪ b|``.
+
+    What a loss compares a predicted box with its own target box with, e.g. TSD's progressive
+    constraint on localization (Song, Liu, Wang, "Revisiting the Sibling Head in Object
+    Detector", CVPR 2020, https://arxiv.org/abs/2003.07540, eq. 8). Widths are ``x2 − x1`` (the
+    package's convention; mmdet v1, the TSD reference code, adds "+1" to widths and heights and
+    clamps the union at 1 instead). Pairs with a non-positive union get IoU 0. Differentiable
+    (the gradient of a zero-union pair is 0, never NaN).
+
+    Args:
+        boxes1: ``[..., 4]`` ``xyxy`` boxes.
+        boxes2: ``[..., 4]`` ``xyxy`` boxes; leading dimensions broadcast with ``boxes1``'s.
+
+    Returns: float32 ``[...]``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops.boxes import aligned_iou
+    >>> a = np.array([[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 1, 1]], "float32")
+    >>> b = np.array([[1, 1, 3, 3], [0, 0, 2, 2], [1, 0, 2, 1]], "float32")   # overlap, same, touching
+    >>> print(np.round(keras.ops.convert_to_numpy(aligned_iou(a, b)), 4))
+    [0.1429 1.     0.    ]
+    """
+    boxes1, boxes2 = _boxes(boxes1, "boxes1"), _boxes(boxes2, "boxes2")
+    inter_w = ops.minimum(boxes1[..., 2], boxes2[..., 2]) - ops.maximum(boxes1[..., 0], boxes2[..., 0])
+    inter_h = ops.minimum(boxes1[..., 3], boxes2[..., 3]) - ops.maximum(boxes1[..., 1], boxes2[..., 1])
+    intersection = ops.maximum(inter_w, 0.0) * ops.maximum(inter_h, 0.0)
+    return _safe_ratio(intersection, box_area(boxes1) + box_area(boxes2) - intersection)
+
+
 def clip_boxes(boxes, image_size):
     """Clips ``xyxy`` boxes to the image ``[0, width] × [0, height]``.
 

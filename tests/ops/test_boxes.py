@@ -1,6 +1,7 @@
 import functools
 
 import hypothesis.extra.numpy as hnp
+import keras
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +10,7 @@ from keras import ops
 
 from keras_cvx.ops.boxes import (
     BOX_CODER_WEIGHTS,
+    aligned_iou,
     box_area,
     clip_boxes,
     decode_boxes,
@@ -139,3 +141,71 @@ def test_iou_properties(raw_a, raw_b):
     shift = np.array([7.0, -3.0, 7.0, -3.0], "float32")  # translation invariance
     np.testing.assert_allclose(_np(pairwise_iou(a + shift, b + shift)), iou, atol=1e-4)
     np.testing.assert_allclose(_np(pairwise_giou(a * 2, b * 2)), giou, atol=1e-4)  # scale invariance
+
+
+def _reference_aligned_iou(a, b):
+    """Element-wise IoU straight from the definition (0 where the union is empty)."""
+    a, b = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    iw = np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0)
+    ih = np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0)
+    area = lambda x: np.maximum(x[..., 2] - x[..., 0], 0) * np.maximum(x[..., 3] - x[..., 1], 0)  # noqa: E731
+    union = area(a) + area(b) - iw * ih
+    return np.where(union > 0, iw * ih / np.where(union > 0, union, 1), 0.0)
+
+
+def test_aligned_iou_special_cases():
+    a = np.array([[0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 1, 1], [3, 4, 9, 8], [1, 1, 1, 5], [2, 2, 2, 2], [0, 0, 4, 4],
+                  [5, 5, 2, 2]], "float32")
+    b = np.array([[1, 1, 3, 3], [5, 5, 6, 6], [1, 0, 2, 1], [3, 4, 9, 8], [0, 0, 4, 4], [2, 2, 2, 2], [1, 1, 2, 3],
+                  [0, 0, 4, 4]], "float32")
+    # overlap 1/7, disjoint, touching edges, identical, zero-area inside a box, two equal points
+    # (empty union), contained (2/16), inverted box (area 0)
+    expected = [1 / 7, 0.0, 0.0, 1.0, 0.0, 0.0, 2 / 16, 0.0]
+    iou = _np(aligned_iou(a, b))
+    assert iou.dtype == np.float32 and iou.shape == (8,)
+    np.testing.assert_allclose(iou, expected, atol=1e-7)
+    np.testing.assert_allclose(iou, _reference_aligned_iou(a, b), atol=1e-7)
+    np.testing.assert_allclose(_np(aligned_iou(b, a)), iou, atol=1e-7)  # symmetric
+
+
+def test_aligned_iou_random_broadcast_and_float16():
+    rng = np.random.default_rng(5)
+    a, b = _random_boxes(rng, 24).reshape(2, 3, 4, 4), _random_boxes(rng, 4)
+    iou = _np(aligned_iou(a, b))  # [2, 3, 4] against [4]: broadcast
+    assert iou.shape == (2, 3, 4) and np.any(iou > 0)
+    np.testing.assert_allclose(iou, _reference_aligned_iou(a, b), atol=1e-6)
+    np.testing.assert_allclose(np.diagonal(_np(pairwise_iou(a[0, 0], b))), iou[0, 0], atol=1e-6)
+    big = np.array([[0, 0, 1000, 1000]], "float32")  # areas 1e6 overflow float16: computed in float32
+    out = aligned_iou(big.astype("float16"), (big / 2).astype("float16"))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    np.testing.assert_allclose(_np(out), 0.25, rtol=1e-6)
+    np.testing.assert_allclose(run_compiled(aligned_iou, a, b), iou, atol=1e-6)
+    with pytest.raises(ValueError, match="boxes2"):
+        aligned_iou(a, np.zeros((4, 3), "float32"))
+
+
+def _aligned_iou_gradient(a, b):
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        a = tf.constant(a)
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            value = tf.reduce_sum(aligned_iou(a, b))
+        return _np(tape.gradient(value, a))
+    import jax
+
+    return _np(jax.grad(lambda x: jax.numpy.sum(aligned_iou(x, b)))(a))
+
+
+def test_aligned_iou_gradient_finite_and_correct():
+    a = np.array([[0, 0, 2, 2], [2, 2, 2, 2], [0, 0, 4, 4]], "float32")
+    b = np.array([[1, 1, 3, 3], [2, 2, 2, 2], [1, 1, 2, 3]], "float32")
+    grad = _aligned_iou_gradient(a, b)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_array_equal(grad[1], 0.0)  # empty union: IoU 0 and no NaN gradient
+    # overlap I = 1, U = 4 + 4 - I = 7; d / d x2 of the first box: dI = h_I = 1, dU = h_a - h_I = 1,
+    # d IoU = (dI U - I dU) / U² = 6 / 49
+    np.testing.assert_allclose(grad[0, 2], 6 / 49, rtol=1e-5)
+    # b inside a: I = 2 fixed, IoU = 2 / area(a); d / d x2 = -2 * 4 / 16² = -1/32
+    np.testing.assert_allclose(grad[2], [1 / 32, 1 / 32, -1 / 32, -1 / 32], rtol=1e-5)
