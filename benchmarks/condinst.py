@@ -21,7 +21,7 @@ import argparse
 
 import keras
 import numpy as np
-from timing import measure  # benchmarks/timing.py (this script's folder is on sys.path)
+from timing import compiled, measure  # benchmarks/timing.py (this script's folder is on sys.path)
 
 from keras_cvx.models.condinst import CondInst
 
@@ -39,25 +39,6 @@ def make_model(**options):
     model = CondInst(80, **options)
     model.build()
     return model
-
-
-def compiled(fn, model):
-    """``fn(images)`` compiled with XLA under either backend (the model's variables are
-    arguments under JAX, not constants baked into the program)."""
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn, jit_compile=True)
-    import jax
-
-    variables = model.variables
-
-    def pure(values, images):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return fn(images)
-
-    jitted = jax.jit(pure)
-    return lambda images: jitted([v.value for v in variables], images)
 
 
 def fcos_alone(model):

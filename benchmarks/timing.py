@@ -26,3 +26,22 @@ def measure(jobs, rounds, runs):
         for key, job in jobs.items():
             seconds[key].append(timed(job, runs))
     return first_call, {key: statistics.median(values) for key, values in seconds.items()}
+
+
+def compiled(fn, model):
+    """``fn(images)`` compiled with XLA under either backend (the model's variables are
+    arguments under JAX, not constants baked into the program)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    import jax
+
+    variables = model.variables
+
+    def pure(values, images):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(images)
+
+    jitted = jax.jit(pure)
+    return lambda images: jitted([v.value for v in variables], images)

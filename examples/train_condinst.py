@@ -51,7 +51,7 @@ from keras_cvx.models.condinst import CondInst
 from keras_cvx.models.detector_parts import RESNET_DEPTHS
 from keras_cvx.models.necks.fpn import FeaturePyramid
 from keras_cvx.training.cli import build_trainer, make_parser
-from keras_cvx.visualize import draw_detections, save_png
+from keras_cvx.visualize import save_detections_png
 
 MASK_STRIDE = 4
 """Ground-truth masks on the stride-4 grid (CondInst's mask output stride)."""
@@ -114,18 +114,6 @@ def evaluate(predict, dataset, coco, class_agnostic=False):
     return {k: v for k, v in evaluator.result().items() if k.count("/") == 1}
 
 
-def draw(predict, images, path, class_names, min_score=0.3):
-    """The ``images`` side by side with their masks, boxes and scores above ``min_score``."""
-    out = {k: np.asarray(v) for k, v in predict(images).items()}
-    pictures = []
-    for b, image in enumerate(np.asarray(images)):
-        labels = np.where(out["scores"][b] >= min_score, out["classes"][b], -1)
-        pictures.append(draw_detections(image, out["boxes"][b], labels, out["scores"][b], masks=out["masks"][b],
-                                        class_names=class_names))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return save_png(path, np.concatenate(pictures, axis=1))
-
-
 def print_results(title, results):
     print(title)
     for name in STAT_NAMES:
@@ -174,10 +162,11 @@ def main(argv=None):
             json.dump(dict(results, step=int(trainer.step.numpy())), f, indent=1)
     if trainer.is_chief:
         images, _ = next(iter(val))
-        print("wrote", draw(predict, images[:4], args.png, class_names))
+        print("wrote", save_detections_png(args.png, images[:4], predict(images[:4]), class_names))
         if args.coins_png:
             images, _ = next(iter(coins))
-            print("wrote", draw(predict, images, args.coins_png, ["coin"] * len(class_names), min_score=0.2))
+            print("wrote", save_detections_png(args.coins_png, images, predict(images), ["coin"] * len(class_names),
+                                                  min_score=0.2))
         export_model(model, args, size)
     return results
 

@@ -87,7 +87,6 @@ import os
 import sys
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_cvx.data.cli import add_data_arguments, check_data_arguments, data_paths, dataset_classes
@@ -100,7 +99,7 @@ from keras_cvx.models.backbones.vgg import convert_vgg16_weights
 from keras_cvx.models.ssd_net import BACKBONES, SSDNet
 from keras_cvx.training.cli import build_trainer, make_parser
 from keras_cvx.training.schedules import WarmupStepDecay
-from keras_cvx.visualize import draw_detections, save_png
+from keras_cvx.visualize import save_detections_png
 
 _SSD_SOLVER = dict(backbone="vgg16", width=1.0, fusion_channels=256, learning_rate=1e-3, optimizer="sgd",
                    schedule="step", warmup_steps=500, weight_decay=5e-4, ssd_augmentation=True,
@@ -197,14 +196,7 @@ def evaluate(predict, dataset, coco):
 def draw(predict, dataset, path, class_names, count=4, min_score=0.3):
     """Side-by-side picture of the first ``count`` validation images with detections above ``min_score``."""
     images, _ = next(iter(dataset))
-    images = images[:count]
-    out = {k: np.asarray(v) for k, v in predict(images).items()}
-    pictures = []
-    for b, image in enumerate(np.asarray(images)):
-        keep = out["scores"][b] >= min_score
-        labels = np.where(keep, out["classes"][b], -1)
-        pictures.append(draw_detections(image, out["boxes"][b], labels, out["scores"][b], class_names=class_names))
-    return save_png(path, np.concatenate(pictures, axis=1))
+    return save_detections_png(path, images[:count], predict(images[:count]), class_names, min_score)
 
 
 def main(argv=None):

@@ -6,6 +6,8 @@ Rows with label ``-1`` (padding) are skipped, so padded model outputs and padded
 ``keras_cvx.data.coco`` can be passed as they are.
 """
 
+import os
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -74,3 +76,18 @@ def save_png(path, image):
     """Writes the uint8 ``[H, W, 3]`` (or ``[H, W]``) ``image`` to ``path`` as PNG; returns ``path``."""
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path, format="PNG")
     return path
+
+
+def save_detections_png(path, images, detections, class_names=None, min_score=0.3):
+    """Draws ``images [B, H, W, 3]`` side by side with their ``detections`` (the detection
+    contract: ``boxes``, ``classes``, ``scores``, and ``masks`` when present) whose score is at
+    least ``min_score``, and writes the PNG to ``path`` (its folder is created); returns ``path``."""
+    out = {k: np.asarray(v) for k, v in detections.items()}
+    pictures = []
+    for b, image in enumerate(np.asarray(images)):
+        labels = np.where(out["scores"][b] >= min_score, out["classes"][b], -1)
+        masks = out["masks"][b] if "masks" in out else None
+        pictures.append(draw_detections(image, out["boxes"][b], labels, out["scores"][b], masks=masks,
+                                        class_names=class_names))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return save_png(path, np.concatenate(pictures, axis=1))

@@ -123,8 +123,10 @@ def apply_repeat_factors(dataset, factor_fn, seed=None):
     The Bernoulli draws come from ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``:
     each iteration of the dataset (each epoch, also under ``repeat()``) draws anew, and a
     dataset built again with the same ``seed`` gives the same sequence. Shuffle afterwards (with
-    a buffer larger than the largest r) to spread an element's repeats. Iteration raises a
-    ``tf.errors.InvalidArgumentError`` for a negative or non-finite factor.
+    a buffer larger than the largest r) to spread an element's repeats. A negative or
+    non-finite factor counts as 0 (the element is skipped): the transformation has no
+    assertion ops, so that the iterator can be checkpointed (``keras_cvx.training.Trainer``
+    saves the input position).
 
     Args:
         dataset: a ``tf.data.Dataset``.
@@ -148,10 +150,10 @@ def apply_repeat_factors(dataset, factor_fn, seed=None):
     draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(_unit_uniform)
 
     def repeated(element, draw):
-        factor = factor_fn(*element) if isinstance(element, tuple) else factor_fn(element)
-        factor = tf.debugging.check_numerics(tf.cast(factor, tf.float64), "`factor_fn` returned a non-finite factor")
-        with tf.control_dependencies([tf.debugging.assert_non_negative(factor, "`factor_fn` returned a factor < 0")]):
-            whole = tf.floor(factor)
+        factor = tf.cast(factor_fn(*element) if isinstance(element, tuple) else factor_fn(element), tf.float64)
+        # no assertion ops: the Trainer checkpoints the input iterator, and they are stateful
+        factor = tf.where(tf.math.is_finite(factor) & (factor > 0), factor, tf.zeros_like(factor))
+        whole = tf.floor(factor)
         count = tf.cast(whole, tf.int64) + tf.cast(draw < factor - whole, tf.int64)
         return tf.data.Dataset.from_tensors(element).repeat(count)
 

@@ -9,3 +9,9 @@ from keras_cvx.losses.dice import DiceLoss
 from keras_cvx.losses.focal import SigmoidFocalLoss
 from keras_cvx.losses.iou import IoULoss
 from keras_cvx.losses.replicas import normalized_sum, replica_share
+from keras_cvx.losses.progressive_constraint import (
+    classification_progressive_constraint,
+    localization_progressive_constraint,
+    progressive_constraint,
+    true_class_probability,
+)

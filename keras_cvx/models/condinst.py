@@ -81,6 +81,7 @@ from keras_cvx.losses.iou import ltrb_iou_loss
 from keras_cvx.losses.replicas import normalized_sum, replica_share
 from keras_cvx.models.anchor_generators.fcos import FCOSLocations
 from keras_cvx.models.detector_parts import (
+    decoding_predict_step,
     IMAGENET_MEAN,
     deserialize_part,
     detector_backbone,
@@ -390,13 +391,9 @@ class CondInst(keras.Model):
         return detections
 
     def predict_step(self, *args):
-        """``predict_step(images)`` -> ``decode(self(images))``. Keras's JAX trainer calls
-        ``predict_step(state, data)`` and expects ``(outputs, non_trainable_variables)``."""
-        if len(args) == 2:
-            outputs, state = keras.Model.predict_step(self, *args)
-            return self.decode(outputs), state
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
-        return self.decode(self(x, training=False))
+        """``predict_step(images)`` -> ``decode(self(images, training=False))`` (also Keras's
+        JAX ``predict_step(state, data)``)."""
+        return decoding_predict_step(self, args)
 
     def get_config(self):
         config = super().get_config()

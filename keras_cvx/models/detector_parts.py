@@ -1,6 +1,6 @@
-"""What the FPN detectors (``FasterRCNN``, ``CondInst``) share when they are built from their
-constructor arguments: the input size check, named ResNet backbones, and parts given as
-objects, serialized dicts or ``None`` (the default part)."""
+"""What the detectors (``SSDNet``, ``FasterRCNN``, ``CondInst``) share: the input size check,
+named ResNet backbones, parts given as objects, serialized dicts or ``None`` (the default
+part), and ``predict_step`` = ``decode(call(images))``."""
 
 import keras
 import numpy as np
@@ -62,3 +62,16 @@ def detector_backbone(backbone, image_size, width_multiplier, keys):
         raise ValueError(f"`backbone` must return a dict with {list(keys)}, got "
                          f"{None if outputs is None else type(outputs).__name__}.")
     return backbone, {k: tuple(outputs[k].shape) for k in keys}
+
+
+def decoding_predict_step(model, args):
+    """A detector's ``predict_step``: ``model.decode(model(images, training=False))``.
+
+    ``args`` are ``predict_step``'s: ``(data,)``, or ``(state, data)`` from Keras's JAX trainer,
+    which expects ``(outputs, non_trainable_variables)`` back.
+    """
+    if len(args) == 2:
+        outputs, state = keras.Model.predict_step(model, *args)  # not super(): no __class__ cell for AutoGraph
+        return model.decode(outputs), state
+    x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
+    return model.decode(model(x, training=False))

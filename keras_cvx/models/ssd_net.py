@@ -79,6 +79,7 @@ from keras_cvx.models.label_encoders.ssd import SSDLabelEncoder
 from keras_cvx.ops.anchors import SSD_CONFIGS
 from keras_cvx.ops.boxes import clip_boxes
 from keras_cvx.validation import check_labels, require_choice, require_positive, require_positive_int
+from keras_cvx.models.detector_parts import decoding_predict_step
 
 RESNET_BACKBONES = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 BACKBONES = ("vgg16",) + tuple(RESNET_BACKBONES)
@@ -383,13 +384,9 @@ class SSDNet(keras.Model):
         return detections
 
     def predict_step(self, *args):
-        """``predict_step(images)`` -> ``decode(self(images))``. Keras's JAX trainer calls
-        ``predict_step(state, data)`` and expects ``(outputs, non_trainable_variables)``."""
-        if len(args) == 2:
-            outputs, state = keras.Model.predict_step(self, *args)  # not super(): no __class__ cell for AutoGraph
-            return self.decode(outputs), state
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
-        return self.decode(self(x, training=False))
+        """``predict_step(images)`` -> ``decode(self(images, training=False))`` (also Keras's
+        JAX ``predict_step(state, data)``)."""
+        return decoding_predict_step(self, args)
 
     def get_config(self):
         config = super().get_config()

@@ -5,6 +5,7 @@ Float32 inside under every dtype policy, static shapes, compiled by XLA and run 
 
 from keras_cvx.ops.anchors import SSD_CONFIGS, fcos_locations, fpn_anchors, ssd_anchors
 from keras_cvx.ops.boxes import (
+    aligned_iou,
     box_area,
     clip_boxes,
     decode_boxes,

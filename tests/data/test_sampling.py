@@ -128,6 +128,17 @@ def test_tuple_elements_and_bad_factors():
     dataset = tf.data.Dataset.from_tensor_slices((np.arange(3), np.array([2.0, 0.0, 1.0])))
     repeated = apply_repeat_factors(dataset, lambda i, factor: factor, seed=0)
     assert [(int(i), float(f)) for i, f in repeated.as_numpy_iterator()] == [(0, 2.0), (0, 2.0), (2, 1.0)]
-    for bad in (-1.0, np.inf, np.nan):
-        with pytest.raises(tf.errors.InvalidArgumentError, match="factor_fn"):
-            list(apply_repeat_factors(tf.data.Dataset.range(2), lambda i, bad=bad: tf.constant(bad), seed=0))
+    for bad in (-1.0, np.inf, np.nan):  # count as 0: skipped
+        assert list(apply_repeat_factors(tf.data.Dataset.range(2), lambda i, bad=bad: tf.constant(bad), seed=0)) == []
+
+
+def test_the_repeated_iterator_can_be_checkpointed(tmp_path):
+    """The Trainer saves the input position: the transformation must hold no stateful op."""
+    repeated = apply_repeat_factors(tf.data.Dataset.range(6), lambda i: tf.cast(i % 3, tf.float64) + 0.5, seed=1)
+    iterator = iter(repeated.repeat())
+    checkpoint = tf.train.Checkpoint(iterator=iterator)
+    first = [int(next(iterator)) for _ in range(3)]
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    expected = [int(next(iterator)) for _ in range(5)]
+    checkpoint.restore(path)
+    assert first and [int(next(iterator)) for _ in range(5)] == expected

@@ -5,9 +5,10 @@ TensorFlow initialises)::
     python -m tests.training.every_model_steps OUT.json [MODEL ...]
 
 Writes ``{model: {"loss": ..., "replicas": ..., "unmoved": paths of the trainable variables
-the step left unchanged, "finite": all variables finite, "seconds": build + compile + step}}``. CondInst is not here: its XLA step under
-Mirrored compiles for ~3 minutes on 2 CPU cores; ``tests/models/test_condinst.py`` runs its
-Trainer step under XLA and, separately, under Mirrored.
+the step left unchanged, "finite": all variables finite, "seconds": build + compile + step}}``. CondInst and FasterRCNN are not here: their XLA steps under
+Mirrored compile for minutes on 2 CPU cores; ``tests/models/test_condinst.py`` and
+``tests/models/test_faster_rcnn.py`` run their Trainer steps under XLA and, separately, under
+Mirrored (``tests/models/trainer_steps.py``).
 """
 
 import json
