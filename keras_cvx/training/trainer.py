@@ -15,13 +15,18 @@ several CPU devices. Here one step is::
 
     strategy.run(replica_step)                             # per replica
         counts = model.loss_normalizers(y); all_reduce(SUM) (models that have it)
-        loss, grads, state = forward_backward(x, y)        # tf.function(jit_compile=True): XLA
-        loss, grads = all_reduce(SUM)                      # the global-batch loss and gradient
+        loss, terms, grads, state = forward_backward(x, y) # tf.function(jit_compile=True): XLA
+        loss, terms, grads = all_reduce(SUM)               # the global-batch loss and gradient
         state = all_reduce(MEAN) (SUM of the increments for "sum"-aggregated variables)
         finite check (same on every replica), clip by the global norm
         replica_ctx.merge_call(commit_or_skip)             # cross-replica: tf.cond(finite, ...)
             commit: optimizer update on every replica; assign the reduced state
             skip:   nothing changes (skipped_steps += 1; the loss scale is halved)
+
+The loss terms of a model with ``loss_terms(y, y_pred, sample_weight) -> dict`` (the keras_cvx
+detectors: RPN, R-CNN, TSD, progressive-constraint, mask ... terms) are summed into the loss,
+reduced over the replicas like it, and logged (progress bar and summaries) beside it; other
+models' loss is their ``compute_loss``.
 
 The loss: ``compute_loss`` returns the replica's share of the global-batch loss, so the SUM
 over replicas is the loss of one process (Keras's own convention under ``tf.distribute``:
@@ -257,7 +262,14 @@ class Trainer:
             # committed by the trainer after the finite check.
             with keras.StatelessScope(collect_losses=True) as scope:
                 y_pred = self.model(x, training=True)
-                loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+                if hasattr(self.model, "loss_terms"):
+                    terms = {k: tf.cast(v, tf.float32)
+                             for k, v in self.model.loss_terms(y, y_pred, sample_weight).items()}
+                    loss = tf.add_n(list(terms.values()))
+                else:
+                    terms = {}
+                    loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                                   training=True)
             loss = tf.cast(loss, tf.float32)
             scaled = self.optimizer.scale_loss(loss) if self._loss_scaled else loss
         grads = tape.gradient(scaled, variables)
@@ -270,7 +282,7 @@ class Trainer:
             value = scope.get_current_value(v)
             if value is not None:
                 state[i] = tf.convert_to_tensor(value)
-        return loss, grads, state
+        return loss, terms, grads, state
 
     def _replica_contribution(self, state):
         """What each replica adds to the SUM all-reduce so that it yields the reduced state:
@@ -337,10 +349,11 @@ class Trainer:
             counts = self._loss_normalizers(y)
             counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)
             y = dict(y, **{LOSS_NORMALIZERS: counts})
-        loss, grads, state = self._forward_backward(x, y, sample_weight)
+        loss, terms, grads, state = self._forward_backward(x, y, sample_weight)
         contribution = self._replica_contribution(state)
         # One all-reduce (collectives must run in the same order on every replica).
-        loss, grads, reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, grads, contribution])
+        loss, terms, grads, reduced = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                         [loss, terms, grads, contribution])
         for i, total in reduced.items():
             v = self._state_variables[i]
             state[i] = total + _tf_variable(v) if v.aggregation == "sum" else total
@@ -358,7 +371,7 @@ class Trainer:
             factor = tf.where(tf.math.is_finite(factor), factor, 0.0)
             grads = [g * factor for g in grads]
         context.merge_call(self._commit_or_skip, args=(grads, state, status == 0))
-        return loss, status
+        return loss, terms, status
 
     def _commit_or_skip(self, strategy, grads, state, finite):
         finite = strategy.experimental_local_results(finite)[0]
@@ -387,10 +400,10 @@ class Trainer:
 
     def _train_step_fn(self, iterator):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(iterator))
-        loss, status = self.strategy.run(self._replica_step, args=(x, y, sample_weight))
+        loss, terms, status = self.strategy.run(self._replica_step, args=(x, y, sample_weight))
         self.step.assign_add(1)
         local = self.strategy.experimental_local_results
-        return local(loss)[0], local(status)[0]
+        return local(loss)[0], {k: local(v)[0] for k, v in terms.items()}, local(status)[0]
 
     def _build(self, dataset):
         x_spec = dataset.element_spec[0]
@@ -473,7 +486,7 @@ class Trainer:
         first_step = step
         while step < steps:
             try:
-                loss, status = self._train_step(iterator)
+                loss, terms, status = self._train_step(iterator)
             except (ValueError, TypeError) as error:
                 if step != first_step:  # tracing happens on the first step of a fit call
                     raise
@@ -511,6 +524,7 @@ class Trainer:
                     "learning_rate": float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)),
                     "skipped_steps": int(self.skipped_steps.numpy()),
                 }
+                scalars.update({name: float(value) for name, value in terms.items()})
                 if self._loss_scaled:
                     scalars["loss_scale"] = float(self.optimizer.dynamic_scale.numpy())
                 writer.write(step, scalars)
