@@ -5,10 +5,12 @@ and export a SavedModel for TF Serving.
 
 With no arguments it writes the bundled synthetic shapes dataset (``keras_cvx.data.shapes``)
 to a cache folder and trains a small Faster R-CNN (ResNet-10 at a quarter width, 64-channel
-FPN, 256-unit box head, 128x128 input) with the sibling head on 2 CPU cores::
+FPN, 256-unit box head, 128x128 input) with the sibling head on 2 CPU cores (~43 images/s
+there; ~3 images/s with TSD, whose deformable poolings are slow on a CPU, so ``--steps 500``
+takes ~2 and ~25 minutes)::
 
     python examples/train_faster_rcnn.py
-    python examples/train_faster_rcnn.py --head tsd
+    python examples/train_faster_rcnn.py --head tsd --steps 500
 
 The long-tailed demonstration trains on a long-tailed variant of the shapes
 (``keras_cvx.data.shapes.LONG_TAILED_PROFILE``: a few frequent, several common and several
