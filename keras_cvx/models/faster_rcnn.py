@@ -100,7 +100,13 @@ from keras_cvx.models.necks.fpn import FeaturePyramid
 from keras_cvx.ops.boxes import BOX_CODER_WEIGHTS, decode_boxes, encode_boxes
 from keras_cvx.ops.deformable_roi_pool import mmdet_roi_level
 from keras_cvx.ops.roi_align import multilevel_roi_align
-from keras_cvx.validation import check_labels, require_choice, require_positive_int, require_unit_interval
+from keras_cvx.validation import (
+    check_labels,
+    require_choice,
+    require_positive,
+    require_positive_int,
+    require_unit_interval,
+)
 
 BOX_HEADS = ("sibling", "tsd")
 RPN_LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_box")
@@ -182,7 +188,7 @@ class FasterRCNN(keras.Model):
         self.num_classes = require_positive_int("num_classes", int(num_classes) if isinstance(
             num_classes, np.integer) else num_classes)
         self.image_size = detector_image_size(image_size)
-        self.width_multiplier = float(width_multiplier)
+        self.width_multiplier = require_positive("width_multiplier", width_multiplier)
         self.classification_loss = require_choice("classification_loss", classification_loss,
                                                   CLASSIFICATION_LOSSES)
         self.classification_margin = require_unit_interval("classification_margin", classification_margin)

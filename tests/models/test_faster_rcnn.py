@@ -219,6 +219,7 @@ def test_arguments_are_checked():
     for kwargs, name in [({"image_size": 48}, "image_size"), ({"box_head": "cascade"}, "box_head"),
                          ({"classification_loss": "focal"}, "classification_loss"),
                          ({"classification_margin": 1.5}, "classification_margin"),
+                         ({"width_multiplier": 0}, "width_multiplier"),
                          ({"backbone": "vgg16"}, "backbone")]:
         with pytest.raises(ValueError, match=name):
             FasterRCNN(NUM_CLASSES, **{"backbone": tiny_backbone(min_level=2), "image_size": SIZE, **kwargs})
