@@ -162,6 +162,35 @@ def test_tsd_gradient_paths_in_the_detector():
     assert any(g is not None and np.any(g) for g in box_grad)
 
 
+@pytest.mark.tensorflow_only  # replays the sampling by resetting the model's seed generator state
+def test_tsd_regression_target_carries_the_gradient_of_delta_r(monkeypatch):
+    """TSD §4: t^D = encode(GT, P̂_r) is not detached, so ΔR's gradient from the TSD box loss has a
+    part through the target; detaching P̂_r inside the target (a re-implementation's mistake)
+    must change that gradient."""
+    import tensorflow as tf
+
+    from keras_cvx.models import faster_rcnn
+
+    model = tiny_model("tsd", seed=2)
+    images, y = tiny_data(seed=2)
+    delta_r = [w for w in model.box_head.trainable_weights if "delta_r" in w.path]
+    y_pred = model(images, training=True)
+    state = model.seed_generator.state.numpy()
+
+    def box_gradient():
+        model.seed_generator.state.assign(state)  # the same anchors and RoIs each time
+        with tf.GradientTape() as tape:
+            loss = model.loss_terms(y, y_pred)["loss_tsd_box"]
+        return [g.numpy() for g in tape.gradient(loss, delta_r)]
+
+    kept = box_gradient()
+    encode = faster_rcnn.encode_boxes
+    monkeypatch.setattr(faster_rcnn, "encode_boxes", lambda boxes, anchors, weights: encode(
+        boxes, tf.stop_gradient(anchors), weights))
+    detached = box_gradient()
+    assert max(np.abs(a - b).max() for a, b in zip(kept, detached)) > 1e-3 * max(np.abs(a).max() for a in kept)
+
+
 # the other variants differ in the head's output layer, the loss and the decoder's scores, each
 # tested under both backends in its own file: they run under TensorFlow only (as the whole
 # detector compiles for 15-40 s under JAX)
