@@ -77,8 +77,8 @@ from keras_cvx.layers.dynamic_mask_head import DynamicMaskHead
 from keras_cvx.layers.fcos_decoder import FCOSDecoder
 from keras_cvx.losses.dice import dice_loss
 from keras_cvx.losses.focal import sigmoid_focal_loss
-from keras_cvx.losses.iou import ltrb_iou_loss
-from keras_cvx.losses.replicas import normalized_sum, replica_share
+from keras_cvx.losses.fcos import fcos_loss_terms, fcos_normalizers
+from keras_cvx.losses.replicas import replica_share
 from keras_cvx.models.anchor_generators.fcos import FCOSLocations
 from keras_cvx.models.detector_parts import (
     decoding_predict_step,
@@ -90,6 +90,7 @@ from keras_cvx.models.detector_parts import (
 from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder, mask_centers
 from keras_cvx.models.necks.fpn import FeaturePyramid
 from keras_cvx.ops.boxes import clip_boxes
+from keras_cvx.ops.sampling import sample_subset
 from keras_cvx.ops.upsampling import aligned_bilinear
 from keras_cvx.validation import check_labels, require_positive, require_positive_int
 
@@ -266,19 +267,13 @@ class CondInst(keras.Model):
         """Counts that normalise the FCOS losses, from the ground truth only:
         ``{"num_positives", "centerness_sum"}`` (float32). ``keras_cvx.training.Trainer`` sums
         them over the replicas and passes the sums back in ``y["loss_normalizers"]``."""
-        targets = self.assign_targets(y)
-        return {"num_positives": ops.sum(ops.cast(targets["labels"] >= 0, "float32")),
-                "centerness_sum": ops.sum(targets["centerness_targets"])}
+        return fcos_normalizers(self.assign_targets(y))
 
     def sample_instances(self, positive):
         """Up to ``max_proposals`` positives of the batch, uniformly at random: ``(flat_index
-        [P] int32 into B x N, valid [P] bool)``. Static ``P = max_proposals``."""
-        flat = ops.reshape(positive, (-1,))
-        priority = ops.where(flat, keras.random.uniform(ops.shape(flat), seed=self.seed_generator), -1.0)
-        padding = ops.full((self.max_proposals,), -1.0)  # so that top_k has enough entries
-        values, index = ops.top_k(ops.concatenate([priority, padding]), self.max_proposals)
-        valid = values >= 0.0
-        return ops.where(valid, ops.cast(index, "int32"), 0), valid
+        [P] int32 into B x N, valid [P] bool)``. Static ``P = max_proposals``
+        (``keras_cvx.ops.sample_subset``)."""
+        return sample_subset(positive, self.max_proposals, self.seed_generator)
 
     def _mask_loss(self, y, y_pred, targets, image_weight):
         positive = targets["labels"] >= 0
@@ -322,23 +317,9 @@ class CondInst(keras.Model):
         """The loss terms (float32 scalars, each the replica's share): ``loss_cls``, ``loss_box``,
         ``loss_ctr``, ``loss_mask`` (and ``loss_sem``); ``sample_weight [B]`` weighs images."""
         targets = self.assign_targets(y)
-        labels = targets["labels"]
-        positive = ops.cast(labels >= 0, "float32")
-        image_weight = ops.ones_like(positive[:, 0]) if sample_weight is None else ops.cast(
-            ops.reshape(sample_weight, (-1,)), "float32")
-        location_weight = image_weight[:, None]
-        one_hot = ops.one_hot(ops.maximum(labels, 0), self.num_classes) * positive[..., None]
-        focal = sigmoid_focal_loss(one_hot, y_pred["class_logits"])
-        terms = {"loss_cls": normalized_sum(ops.sum(ops.sum(focal, axis=-1) * location_weight), ops.sum(positive), y,
-                                            key="num_positives")}
-        ctr_targets = targets["centerness_targets"]
-        giou = ltrb_iou_loss(targets["box_targets"], y_pred["box_regression"], "giou")
-        box_total = ops.sum(ops.where(positive > 0, giou * ctr_targets, 0.0) * location_weight)
-        terms["loss_box"] = normalized_sum(box_total, ops.sum(ctr_targets), y, key="centerness_sum")
-        ctr_logits = ops.cast(y_pred["centerness_logits"], "float32")
-        bce = ops.relu(ctr_logits) - ctr_logits * ctr_targets + ops.log1p(ops.exp(-ops.abs(ctr_logits)))
-        terms["loss_ctr"] = normalized_sum(ops.sum(bce * positive * location_weight), ops.sum(positive), y,
-                                           key="num_positives")
+        image_weight = ops.ones_like(ops.cast(targets["labels"][:, 0], "float32")) if sample_weight is None else (
+            ops.cast(ops.reshape(sample_weight, (-1,)), "float32"))
+        terms = fcos_loss_terms(targets, y_pred, y, image_weight)
         terms["loss_mask"] = self._mask_loss(y, y_pred, targets, image_weight)
         if self.semantic_loss and "semantic_logits" in y_pred:
             semantic = self.semantic_targets(y)

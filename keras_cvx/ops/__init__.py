@@ -21,5 +21,5 @@ from keras_cvx.ops.deformable_roi_pool import (
 from keras_cvx.ops.matching import argmax_iou_match, fcos_match, gather_matches, ssd_match
 from keras_cvx.ops.nms import class_aware_non_max_suppression, non_max_suppression
 from keras_cvx.ops.roi_align import bilinear_sample, fpn_level, multilevel_roi_align, roi_align
-from keras_cvx.ops.sampling import sample_balanced
+from keras_cvx.ops.sampling import sample_balanced, sample_subset
 from keras_cvx.ops.upsampling import aligned_bilinear

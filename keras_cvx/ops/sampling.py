@@ -75,3 +75,36 @@ def sample_balanced(labels, num_samples, positive_fraction=0.5, seed=None):
     indices = ops.where(slot < take_pos, positives, ops.where(slot < take_pos + take_neg, from_negatives, -1))
     sampled = ops.where(slot < take_pos, 1, ops.where(slot < take_pos + take_neg, 0, -1))
     return indices, ops.cast(sampled, "int32")
+
+
+def sample_subset(members, count, seed=None):
+    """A uniformly random subset of at most ``count`` members of a boolean mask, static size.
+
+    How the instance-segmentation models cap the instances of their mask loss (CondInst,
+    arXiv 2003.05664, samples at most 500 positives of the batch; PointINS likewise): the
+    top ``count`` of uniform random keys over the members, padded with invalid slots.
+
+    Args:
+        members: boolean ``[...]``; flattened row-major.
+        count: output slots.
+        seed: an int or a ``keras.random.SeedGenerator``.
+
+    Returns: ``(flat_index, valid)``: int32 ``[count]`` indices into the flattened ``members``
+    (0 in invalid slots) and bool ``[count]``. When there are fewer members than ``count`` every
+    member is taken.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_cvx.ops import sample_subset
+    >>> index, valid = sample_subset(np.array([[False, True], [True, False]]), 3, seed=0)
+    >>> sorted(keras.ops.convert_to_numpy(index)[keras.ops.convert_to_numpy(valid)].tolist())
+    [1, 2]
+    """
+    require_positive_int("count", count)
+    flat = ops.reshape(ops.convert_to_tensor(members), (-1,))
+    priority = ops.where(flat, keras.random.uniform(ops.shape(flat), seed=seed), -1.0)
+    padding = ops.full((count,), -1.0)  # so that top_k has enough entries
+    values, index = ops.top_k(ops.concatenate([priority, padding]), count)
+    valid = values >= 0.0
+    return ops.where(valid, ops.cast(index, "int32"), 0), valid
