@@ -180,7 +180,7 @@ def main(argv=None):
         args, len(classes), frequencies if args.classification_loss == "eql" else None),
         eval_fn=eval_fn if args.eval_every else None)
     model = trainer.model
-    predict = tf.function(model.predict_step, jit_compile=args.jit_compile)
+    predict = tf.function(model.predict_step, jit_compile=trainer.jit_compile)
     print(f"FasterRCNN({args.head} head, {args.classification_loss}, {args.backbone} x{args.width}, "
           f"{args.image_size}px, FPN {args.fpn_channels}): {model.count_params():,} parameters, "
           f"{strategy.num_replicas_in_sync} replica(s)")

@@ -5,10 +5,14 @@ where a test's reference formulation reads the value from the object."""
 import keras
 import pytest
 
+from keras_cvx.heads.pointins import PointINSMaskHead
+from keras_cvx.heads.retinanet import RetinaNetHead
 from keras_cvx.heads.ssd import SSDHead
 from keras_cvx.layers.channel_equilibrium import ChannelEquilibrium
 from keras_cvx.layers.dynamic_relu import DynamicReLU
+from keras_cvx.layers.instance_aware_conv import InstanceAwareConv
 from keras_cvx.layers.l2_normalization import L2Normalization
+from keras_cvx.layers.retinanet_decoder import RetinaNetDecoder
 from keras_cvx.layers.rezero import ReZero
 from keras_cvx.layers.slim_conv import SlimConv2D
 from keras_cvx.layers.ssd_decoder import SSDDecoder
@@ -20,6 +24,7 @@ from keras_cvx.losses.equalization_v2 import EqualizationLossV2
 from keras_cvx.losses.focal import SigmoidFocalLoss
 from keras_cvx.losses.multibox import MultiBoxLoss
 from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder
+from keras_cvx.models.label_encoders.retinanet import RetinaNetLabelEncoder
 from keras_cvx.models.label_encoders.ssd import SSDLabelEncoder
 from keras_cvx.ops.boxes import BOX_CODER_WEIGHTS
 
@@ -77,6 +82,23 @@ PAPER_DEFAULTS = [
     (lambda: FCOSLabelEncoder(), "strides", (8, 16, 32, 64, 128), "FCOS strides"),
     # SlimConv (arXiv 2003.07469, Sec. 3.2 and the official module): SE reduction r = 32
     (lambda: SlimConv2D(), "reduction", 32, "SlimConv r"),
+    # RetinaNet (arXiv 1708.02002, Sec. 4 and 4.1): IoU >= 0.5 positive, < 0.4 background; prior
+    # π = 0.01; inference: score > 0.05, top 1000 per level, NMS 0.5, 100 detections
+    (lambda: RetinaNetLabelEncoder(), "positive_threshold", 0.5, "RetinaNet positive IoU"),
+    (lambda: RetinaNetLabelEncoder(), "negative_threshold", 0.4, "RetinaNet background IoU"),
+    (lambda: RetinaNetHead(80), "prior_probability", 0.01, "RetinaNet prior π"),
+    (lambda: RetinaNetHead(80), "num_anchors", 9, "RetinaNet A"),
+    (lambda: RetinaNetDecoder(), "score_threshold", 0.05, "RetinaNet score threshold"),
+    (lambda: RetinaNetDecoder(), "pre_nms_top_k", 1000, "RetinaNet top-k per level"),
+    (lambda: RetinaNetDecoder(), "iou_threshold", 0.5, "RetinaNet NMS"),
+    (lambda: RetinaNetDecoder(), "max_detections", 100, "RetinaNet detections"),
+    # PointINS (arXiv 2003.06148): no code; these are the inferred defaults of the specification
+    # (template 3x3x256, Mask R-CNN's 14 -> 28 head with 4 convs of 256)
+    (lambda: InstanceAwareConv(), "template_size", 3, "PointINS k (inferred)"),
+    (lambda: InstanceAwareConv(), "template_channels", 256, "PointINS C (inferred)"),
+    (lambda: PointINSMaskHead(), "resize", 14, "PointINS mask head 14x14 (inferred)"),
+    (lambda: PointINSMaskHead(), "num_convs", 4, "PointINS mask head convs (inferred)"),
+    (lambda: PointINSMaskHead(), "channels", 256, "PointINS mask head width (inferred)"),
 ]
 
 

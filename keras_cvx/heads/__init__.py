@@ -6,3 +6,5 @@ from keras_cvx.heads.fcos import FCOSHead
 from keras_cvx.heads.rpn import RPNHead
 from keras_cvx.heads.roi_box import SiblingBoxHead
 from keras_cvx.heads.tsd import TSDHead, shift_proposals
+from keras_cvx.heads.pointins import PointINSMaskHead
+from keras_cvx.heads.retinanet import RetinaNetHead

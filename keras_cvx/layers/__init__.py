@@ -21,3 +21,5 @@ from keras_cvx.layers.dynamic_mask_head import DynamicMaskHead
 from keras_cvx.layers.fcos_decoder import FCOSDecoder
 from keras_cvx.layers.proposal_generator import ProposalGenerator
 from keras_cvx.layers.rcnn_decoder import RCNNDecoder
+from keras_cvx.layers.instance_aware_conv import InstanceAwareConv
+from keras_cvx.layers.retinanet_decoder import RetinaNetDecoder

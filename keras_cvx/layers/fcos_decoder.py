@@ -18,7 +18,8 @@ Output (the detection contract of every keras_cvx detector): ``boxes`` float32
 ``-1`` padding), ``num_detections`` int32 ``[B]``, and ``locations`` int32 ``[B, D]``: the index
 of the location each detection comes from (``-1`` padding), so that per-location outputs
 (CondInst's dynamic parameters) can be gathered. Boxes are not clipped (the detector clips).
-Computed in float32 under every dtype policy.
+Computed in float32 under every dtype policy. The top-k, threshold, NMS and gather are
+``keras_cvx.layers.dense_detections.dense_detections``, shared with ``RetinaNetDecoder``.
 
 Differences from the reference implementation: AdelaiDet keeps every detection whose score
 reaches the 100th best (ties can keep a few more than 100); here exactly ``max_detections``
@@ -29,7 +30,7 @@ coordinate offsets).
 import keras
 from keras import ops
 
-from keras_cvx.ops.nms import class_aware_non_max_suppression
+from keras_cvx.layers.dense_detections import dense_detections
 from keras_cvx.validation import require_positive_int, require_unit_interval
 
 
@@ -72,41 +73,19 @@ class FCOSDecoder(keras.layers.Layer):
         pass
 
     def call(self, class_logits, box_distances, centerness_logits, locations, level_sizes=None):
-        logits = ops.cast(class_logits, "float32")
-        num_locations, num_classes = logits.shape[1], logits.shape[2]
-        scores = ops.sigmoid(logits) * ops.sigmoid(ops.cast(centerness_logits, "float32"))[..., None]
-        sizes = [num_locations] if level_sizes is None else [int(s) for s in level_sizes]
-        if sum(sizes) != num_locations:
-            raise ValueError(f"`level_sizes` {sizes} must add up to the {num_locations} locations.")
-        top_scores, top_locations, top_classes, start = [], [], [], 0
-        for size in sizes:
-            flat = ops.reshape(scores[:, start : start + size], (-1, size * num_classes))
-            values, index = ops.top_k(flat, min(self.pre_nms_top_k, size * num_classes))
-            top_scores.append(values)
-            top_locations.append(start + index // num_classes)
-            top_classes.append(index % num_classes)
-            start += size
-        candidate_scores = ops.concatenate(top_scores, axis=1)
-        candidate_locations = ops.cast(ops.concatenate(top_locations, axis=1), "int32")
-        candidate_classes = ops.cast(ops.concatenate(top_classes, axis=1), "int32")
-        points = ops.take(ops.cast(locations, "float32"), candidate_locations, axis=0)  # [B, C, 2]
-        distances = ops.take_along_axis(ops.cast(box_distances, "float32"),
-                                        ops.repeat(candidate_locations[..., None], 4, axis=-1), axis=1)
-        boxes = ops.concatenate([points - distances[..., :2], points + distances[..., 2:]], axis=-1)
-        # sqrt is monotonic: the threshold is applied to s itself, then NMS keeps scores > 0
-        nms_scores = ops.where(candidate_scores > self.score_threshold, ops.sqrt(candidate_scores), 0.0)
-        selected, num_detections = class_aware_non_max_suppression(
-            boxes, nms_scores, candidate_classes, self.max_detections, self.iou_threshold, 0.0)
-        valid = selected >= 0
-        index = ops.maximum(selected, 0)
-        out_boxes = ops.take_along_axis(boxes, ops.repeat(index[..., None], 4, axis=-1), axis=1)
-        return {
-            "boxes": ops.where(valid[..., None], out_boxes, 0.0),
-            "scores": ops.where(valid, ops.take_along_axis(nms_scores, index, axis=1), 0.0),
-            "classes": ops.where(valid, ops.take_along_axis(candidate_classes, index, axis=1), -1),
-            "num_detections": ops.cast(num_detections, "int32"),
-            "locations": ops.where(valid, ops.take_along_axis(candidate_locations, index, axis=1), -1),
-        }
+        scores = ops.sigmoid(ops.cast(class_logits, "float32")) * ops.sigmoid(
+            ops.cast(centerness_logits, "float32"))[..., None]
+        points = ops.cast(locations, "float32")
+        distances = ops.cast(box_distances, "float32")
+
+        def boxes_of(index):  # [B, C] candidate locations -> [B, C, 4] boxes
+            at = ops.take(points, index, axis=0)
+            d = ops.take_along_axis(distances, ops.repeat(index[..., None], 4, axis=-1), axis=1)
+            return ops.concatenate([at - d[..., :2], at + d[..., 2:]], axis=-1)
+
+        # sqrt is monotonic: the threshold applies to s itself, the output score is sqrt(s)
+        return dense_detections(scores, boxes_of, level_sizes, self.pre_nms_top_k, self.score_threshold,
+                                self.iou_threshold, self.max_detections, score_fn=ops.sqrt)
 
     def compute_output_shape(self, class_logits_shape, *args, **kwargs):
         batch, slots = class_logits_shape[0], self.max_detections

@@ -7,5 +7,6 @@ from keras_cvx.models.ssd_net import SSDNet
 from keras_cvx.models.anchor_generators import FCOSLocations, FPNAnchorGenerator
 from keras_cvx.models.condinst import CondInst
 from keras_cvx.models.faster_rcnn import FasterRCNN
-from keras_cvx.models.label_encoders import FCOSLabelEncoder, RoISampler, RPNLabelEncoder
+from keras_cvx.models.label_encoders import FCOSLabelEncoder, RetinaNetLabelEncoder, RoISampler, RPNLabelEncoder
 from keras_cvx.models.necks import FeaturePyramid
+from keras_cvx.models.pointins import PointINS

@@ -81,18 +81,20 @@ from keras_cvx.losses.fcos import fcos_loss_terms, fcos_normalizers
 from keras_cvx.losses.replicas import replica_share
 from keras_cvx.models.anchor_generators.fcos import FCOSLocations
 from keras_cvx.models.detector_parts import (
-    decoding_predict_step,
     IMAGENET_MEAN,
+    check_instance_targets,
+    decoding_predict_step,
     deserialize_part,
     detector_backbone,
     detector_image_size,
+    summed_loss_terms,
 )
 from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder, mask_centers
 from keras_cvx.models.necks.fpn import FeaturePyramid
 from keras_cvx.ops.boxes import clip_boxes
 from keras_cvx.ops.sampling import sample_subset
 from keras_cvx.ops.upsampling import aligned_bilinear
-from keras_cvx.validation import check_labels, require_positive, require_positive_int
+from keras_cvx.validation import require_positive, require_positive_int
 
 LOSS_NAMES = ("loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_sem")
 
@@ -146,6 +148,10 @@ class CondInst(keras.Model):
     >>> tuple(out["masks"].shape), tuple(out["boxes"].shape)
     ((1, 5, 64, 64), (1, 5, 4))
     """
+
+    xla_on_cpu = False
+    """The ``Trainer``'s ``jit_compile="auto"`` trains without XLA on a CPU: XLA's steps run at
+    0.80-0.91x on 2 AVX-512 cores (``benchmarks/condinst.py``)."""
 
     def __init__(self, num_classes, image_size=(800, 800), backbone="resnet50", width_multiplier=1.0, neck=None,
                  head=None, controller=None, mask_branch=None, mask_head=None, anchor_generator=None,
@@ -246,20 +252,10 @@ class CondInst(keras.Model):
 
     # ------------------------------------------------------------------ training
 
-    def _check_targets(self, y):
-        if not isinstance(y, dict) or any(k not in y for k in ("boxes", "labels", "masks")):
-            raise ValueError("CondInst needs targets {'boxes', 'labels', 'masks'} (coco_dataset(..., mask_stride="
-                             f"{self.mask_stride})), got {list(y) if isinstance(y, dict) else type(y).__name__}.")
-        expected = (self.image_size[0] // self.mask_stride, self.image_size[1] // self.mask_stride)
-        if tuple(y["masks"].shape[-2:]) != expected:
-            raise ValueError(f"`masks` must be [B, M, {expected[0]}, {expected[1]}] (stride {self.mask_stride}), "
-                             f"got shape {tuple(y['masks'].shape)}.")
-        check_labels(y["labels"], self.num_classes)
-
     def assign_targets(self, y):
         """FCOS targets of the ground truth ``y`` (``FCOSLabelEncoder`` output) with the masks'
         centres of mass as sampling centres."""
-        self._check_targets(y)
+        check_instance_targets(self, y)
         centers = mask_centers(y["masks"], y["boxes"], self.mask_stride)
         return self.label_encoder(y["boxes"], y["labels"], self.locations, self.levels, centers)
 
@@ -332,13 +328,7 @@ class CondInst(keras.Model):
         """The sum of ``loss_terms`` (module docstring); each term also updates the Keras metric of
         its name. Under a ``tf.distribute`` strategy this is the replica's share of the
         global-batch loss."""
-        if y_pred is None:
-            y_pred = self(x, training=training)
-        terms = self.loss_terms(y, y_pred, sample_weight)
-        for tracker in self.loss_trackers:
-            if tracker.name in terms:
-                tracker.update_state(terms[tracker.name])
-        return ops.sum(ops.stack(list(terms.values())))
+        return summed_loss_terms(self, x, y, y_pred, sample_weight, training)
 
     # ------------------------------------------------------------------ inference
 

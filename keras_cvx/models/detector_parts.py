@@ -1,12 +1,15 @@
-"""What the detectors (``SSDNet``, ``FasterRCNN``, ``CondInst``) share: the input size check,
-named ResNet backbones, parts given as objects, serialized dicts or ``None`` (the default
-part), and ``predict_step`` = ``decode(call(images))``."""
+"""What the detectors (``SSDNet``, ``FasterRCNN``, ``CondInst``, ``PointINS``) share: the input
+size check, named ResNet backbones, parts given as objects, serialized dicts or ``None`` (the
+default part), the instance-segmentation targets check, ``compute_loss`` as the sum of the
+model's ``loss_terms``, and ``predict_step`` = ``decode(call(images))``."""
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_cvx.models.backbones.resnet import ResNet
 from keras_cvx.models.backbones.vgg import scaled_channels
+from keras_cvx.validation import check_labels
 
 RESNET_DEPTHS = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 """Backbone names a detector accepts (``keras_cvx.models.ResNet`` of that depth)."""
@@ -75,3 +78,32 @@ def decoding_predict_step(model, args):
         return model.decode(outputs), state
     x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
     return model.decode(model(x, training=False))
+
+
+def check_instance_targets(model, y):
+    """ValueError unless ``y`` holds ``boxes``, ``labels`` (valid class ids of ``model``) and
+    ``masks [B, M, H / s, W / s]`` on the grid of ``model.mask_stride`` (an instance model's
+    targets, ``coco_dataset(..., mask_stride=s)``)."""
+    name, stride = type(model).__name__, model.mask_stride
+    if not isinstance(y, dict) or any(k not in y for k in ("boxes", "labels", "masks")):
+        raise ValueError(f"{name} needs targets {{'boxes', 'labels', 'masks'}} (coco_dataset(..., mask_stride="
+                         f"{stride})), got {list(y) if isinstance(y, dict) else type(y).__name__}.")
+    expected = (model.image_size[0] // stride, model.image_size[1] // stride)
+    if tuple(y["masks"].shape[-2:]) != expected:
+        raise ValueError(f"`masks` must be [B, M, {expected[0]}, {expected[1]}] (stride {stride}), "
+                         f"got shape {tuple(y['masks'].shape)}.")
+    check_labels(y["labels"], model.num_classes)
+
+
+def summed_loss_terms(model, x, y, y_pred, sample_weight, training):
+    """A detector's ``compute_loss``: the sum of ``model.loss_terms(y, y_pred, sample_weight)``
+    (``y_pred = model(x)`` when not given), each term also updating the Keras metric of its name
+    in ``model.loss_trackers``. Under a ``tf.distribute`` strategy the terms, and so the sum, are
+    the replica's shares of the global-batch loss."""
+    if y_pred is None:
+        y_pred = model(x, training=training)
+    terms = model.loss_terms(y, y_pred, sample_weight)
+    for tracker in model.loss_trackers:
+        if tracker.name in terms:
+            tracker.update_state(terms[tracker.name])
+    return ops.sum(ops.stack(list(terms.values())))

@@ -18,6 +18,7 @@ from keras_cvx.ops.deformable_roi_pool import (
     mmdet_roi_level,
     multilevel_deformable_roi_pool,
 )
+from keras_cvx.ops.masks import crop_mask_targets, paste_masks
 from keras_cvx.ops.matching import argmax_iou_match, fcos_match, gather_matches, ssd_match
 from keras_cvx.ops.nms import class_aware_non_max_suppression, non_max_suppression
 from keras_cvx.ops.roi_align import bilinear_sample, fpn_level, multilevel_roi_align, roi_align

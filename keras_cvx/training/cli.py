@@ -56,8 +56,9 @@ def make_parser(description=None, **defaults):
     parser = argparse.ArgumentParser(description=description)
     group = parser.add_argument_group("training")
     group.add_argument("--strategy", choices=STRATEGIES, default="default")
-    group.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=True,
-                       help="compile the per-replica forward+backward with XLA")
+    group.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default="auto",
+                       help="compile the per-replica forward+backward with XLA (default: on a GPU/TPU, and on a "
+                       "CPU where the model is faster with it; keras_cvx.training.Trainer)")
     group.add_argument("--mixed-precision", choices=PRECISIONS, default="none")
     group.add_argument("--batch-size", type=_positive_int, default=8, help="global batch size")
     group.add_argument("--steps", type=_positive_int, default=1000, help="training steps in total")

@@ -102,7 +102,7 @@ def train_instance_segmentation(args, build_model, mask_stride, describe):
     strategy, trainer = build_trainer(args, lambda: build_model(len(classes)),
                                       eval_fn=eval_fn if args.eval_every else None)
     model = trainer.model
-    predict = tf.function(model.predict_step, jit_compile=args.jit_compile)
+    predict = tf.function(model.predict_step, jit_compile=trainer.jit_compile)
     print(f"{describe(model)}, {strategy.num_replicas_in_sync} replica(s)")
     trainer.fit(train, args.steps)
 

@@ -394,7 +394,7 @@ def test_polygon_and_rle_masks_with_and_without_flip_match_pycocotools(three_enc
     (half-pixel centres, no antialiasing: ``numpy_resize_bilinear``), thresholded at 0.5,
     zero-padded to the 48 x 48 input's grid; the boxes scaled (and mirrored) with them, each
     mask inside its box."""
-    from tests.models.test_condinst import numpy_resize_bilinear
+    from tests.models.instance_export import numpy_resize_bilinear
 
     path, image_dir, drawn = three_encodings
     coco = COCO(path)

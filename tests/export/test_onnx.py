@@ -1,5 +1,5 @@
-"""Tests for keras_cvx.export.onnx: small SSD-NET, CondInst and classifier models exported to
-ONNX and run by onnxruntime (CPU) give the outputs of the SavedModel's ``serving_default``
+"""Tests for keras_cvx.export.onnx: small SSD-NET, CondInst, PointINS, Faster R-CNN and
+classifier models exported to ONNX and run by onnxruntime (CPU) give the outputs of the SavedModel's ``serving_default``
 function (``_Serving.detect_images``, the ``tf.function`` that ``export_saved_model`` saves) and
 of ``predict_step`` in eager Keras mapped back to the original image in NumPy: boxes within
 1e-4 (normalised coordinates, i.e. relative to the image size), the same classes, counts and
@@ -29,6 +29,7 @@ from keras_cvx.export.saved_model import _checked_serving
 from keras_cvx.layers.ssd_decoder import SSDDecoder
 from keras_cvx.models import MobileNetV2, ResNet, SSDNet, digit_convnet
 from tests.models.test_condinst import tiny_model as tiny_condinst
+from tests.models.test_pointins import tiny_model as tiny_pointins
 from tests.models.test_faster_rcnn import tiny_model as tiny_faster_rcnn
 
 SSD_SIZE = 160  # SSD-NET's Neighbor Erasing resizes a 3 x 3 gate to 10 x 10 (a ratio that is not a float32)
@@ -81,20 +82,24 @@ def keras_reference(model, image, image_size):
     }
 
 
-def compare_detections(onnx_out, reference, stats, keys=DETECTION_KEYS):
+def compare_detections(onnx_out, reference, stats, keys=DETECTION_KEYS, mask_mismatch=0.0):
     """Asserts that ONNX Runtime's detections are the reference's (boxes within
-    ``BOX_TOLERANCE``, scores within 1e-4 relative, classes, counts and masks equal) and adds
-    the largest box difference and the number of detections compared to ``stats``."""
+    ``BOX_TOLERANCE``, scores within 1e-4 relative, classes, counts equal, masks equal but for
+    at most the fraction ``mask_mismatch`` of their pixels) and adds the largest box difference
+    and the number of detections compared to ``stats``."""
     np.testing.assert_array_equal(onnx_out["num_detections"], reference["num_detections"])
     np.testing.assert_array_equal(onnx_out["detection_classes"], reference["detection_classes"])
     boxes, expected = onnx_out["detection_boxes"], reference["detection_boxes"]
     np.testing.assert_allclose(boxes, expected, rtol=0, atol=BOX_TOLERANCE)
     np.testing.assert_allclose(onnx_out["detection_scores"], reference["detection_scores"], rtol=1e-4, atol=1e-6)
-    for key in set(keys) - {"detection_boxes", "detection_scores", "detection_classes", "num_detections"}:
+    for key in set(keys) - {"detection_boxes", "detection_scores", "detection_classes", "num_detections",
+                            "detection_masks"}:
         np.testing.assert_allclose(onnx_out[key], reference[key], rtol=1e-6)
     if "detection_masks" in reference:
-        np.testing.assert_array_equal(onnx_out["detection_masks"], reference["detection_masks"])
+        differing = np.mean(onnx_out["detection_masks"] != reference["detection_masks"])
+        assert differing <= mask_mismatch, differing
         stats["mask pixels"] = stats.get("mask pixels", 0) + int(reference["detection_masks"].sum())
+        stats["differing mask pixels"] = max(stats.get("differing mask pixels", 0.0), float(differing))
     scores = reference["detection_scores"].reshape(-1, boxes.shape[-2])
     counts = np.reshape(reference["num_detections"], -1)
     differences = np.abs(onnx_out["detection_scores"].reshape(scores.shape) - scores).max(axis=-1)
@@ -110,10 +115,10 @@ def compare_detections(onnx_out, reference, stats, keys=DETECTION_KEYS):
     stats["detections"] = stats.get("detections", 0) + int(counts.sum())
 
 
-def check_detector(model, path, images, stats):
+def check_detector(model, path, images, stats, mask_mismatch=0.0):
     """Exports ``model``, then compares ONNX Runtime's outputs with the SavedModel's
     ``serving_default`` function and with eager ``predict_step`` on every single image and on
-    the batch; returns the session."""
+    the batch; returns the session. ``mask_mismatch``: see ``compare_detections``."""
     image_size = model.image_size if isinstance(model.image_size, tuple) else (model.image_size,) * 2
     export_onnx(model, path)
     session = session_of(path)
@@ -125,7 +130,8 @@ def check_detector(model, path, images, stats):
         served = {k: v.numpy() for k, v in serving(tf.constant(group)).items()}
         assert set(onnx_out) == set(served)
         assert {k: v.dtype for k, v in onnx_out.items()} == {k: v.dtype for k, v in served.items()}
-        compare_detections(onnx_out, served, stats.setdefault("vs serving_default", {}), keys=served)
+        compare_detections(onnx_out, served, stats.setdefault("vs serving_default", {}), keys=served,
+                           mask_mismatch=mask_mismatch)
         for b, image in enumerate(group):
             reference = keras_reference(model, image, image_size)
             compare_detections({k: onnx_out[k][b] for k in reference}, reference,
@@ -197,6 +203,19 @@ def test_condinst_onnx_masks_equal_saved_model(images, tmp_path):
     counts = run_onnx(session, images[1])["num_detections"]
     assert min(s["detections"] for s in stats.values()) > 0, stats
     assert stats["vs serving_default"]["mask pixels"] > 0 and counts.min() < 30, (stats, counts)
+
+
+def test_pointins_onnx_masks_equal_saved_model(images, tmp_path):
+    """PointINS on RetinaNet: the instance-aware convolution at the detections' anchors and the
+    pasted 28x28 masks inside the ONNX graph. The pasted probabilities are sums of products
+    (two matmuls) that the two runtimes round differently, so a pixel within a rounding of 0.5
+    may flip: at most 1e-4 of the mask pixels may differ (measured: 61 of 1.6 million)."""
+    model = tiny_pointins(detector="retinanet", max_detections=12)
+    stats = {}
+    check_detector(model, str(tmp_path / "pointins" / "model.onnx"), images, stats, mask_mismatch=1e-4)
+    print("PointINS", stats)
+    assert min(s["detections"] for s in stats.values()) > 0, stats
+    assert stats["vs serving_default"]["mask pixels"] > 0, stats
 
 
 def test_faster_rcnn_onnx_equals_saved_model_and_predict_step(images, tmp_path):

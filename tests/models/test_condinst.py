@@ -20,12 +20,13 @@ from keras_cvx.heads.fcos import FCOSHead
 from keras_cvx.layers.fcos_decoder import FCOSDecoder
 from keras_cvx.models.condinst import CondInst
 from keras_cvx.models.necks.fpn import FeaturePyramid
-from tests.fresh_process import run_module_for_json
 from tests.layers.test_dynamic_mask_head import numpy_dynamic_head
 from tests.losses.test_dice import numpy_dice
 from tests.losses.test_focal import numpy_focal
 from tests.losses.test_iou import numpy_loss as numpy_iou_loss
+from tests.models.instance_export import check_export_of_full_image_masks
 from tests.models.label_encoders.test_fcos import numpy_fcos_targets
+from tests.models.trainer_steps import run_and_check
 from tests.numpy_layers import aligned_bilinear
 
 SIZE = 64
@@ -119,8 +120,9 @@ def numpy_mask_centers(masks, boxes, stride=4):
     return centers
 
 
-def numpy_condinst_loss(model, y, out):
-    """The four terms of CondInst's loss (arXiv 2003.05664 Sec. 3.3) from the raw outputs."""
+def numpy_fcos_loss(model, y, out):
+    """FCOS's three terms (focal, GIoU with +1 weighted by center-ness, center-ness BCE) from
+    the raw outputs, and the positives ``(b_idx, n_idx)`` with their box targets."""
     locations, levels = np.asarray(model.locations), np.asarray(model.levels)
     centers = numpy_mask_centers(y["masks"], y["boxes"])
     labels, box_targets, ctr_targets = numpy_fcos_targets(y["boxes"].astype(np.float64), y["labels"], locations,
@@ -136,17 +138,22 @@ def numpy_condinst_loss(model, y, out):
     z = out["centerness_logits"][positive].astype(np.float64)
     t = ctr_targets[positive]
     terms["loss_ctr"] = (np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).sum() / num_pos
+    return terms, b_idx, n_idx, box_targets
+
+
+def numpy_condinst_loss(model, y, out):
+    """The four terms of CondInst's loss (arXiv 2003.05664 Sec. 3.3) from the raw outputs."""
+    terms, b_idx, n_idx, box_targets = numpy_fcos_loss(model, y, out)
     # every positive is a mask instance (fewer than max_proposals)
     terms["loss_mask"] = np.mean(list(numpy_instance_dice(model, y, out, box_targets, b_idx, n_idx).values()))
-    return terms, positive.sum()
+    return terms, len(b_idx)
 
 
-def numpy_instance_dice(model, y, out, box_targets, b_idx, n_idx):
-    """``{(image, location): dice loss}`` of the dynamic heads of the positives ``(b_idx, n_idx)``;
-    the target of each is the mask of the ground truth it was assigned: the one whose
+def numpy_matched_gt(model, y, box_targets, b_idx, n_idx):
+    """The ground-truth index of each positive ``(b_idx, n_idx)``: the one whose
     (l, t, r, b) / stride is its box target."""
     locations, levels = np.asarray(model.locations), np.asarray(model.levels)
-    gts = []
+    matched = []
     for b, n in zip(b_idx, n_idx):
         x, yy = locations[n]
         stride = model.anchor_generator.strides[levels[n]]
@@ -154,7 +161,16 @@ def numpy_instance_dice(model, y, out, box_targets, b_idx, n_idx):
                               y["boxes"][b, :, 3] - yy], -1) / stride
         match = np.flatnonzero(np.all(np.abs(distances - box_targets[b, n]) < 1e-5, -1) & (y["labels"][b] >= 0))
         assert len(match) == 1
-        gts.append(y["masks"][b, match[0]])
+        matched.append(match[0])
+    return np.asarray(matched)
+
+
+def numpy_instance_dice(model, y, out, box_targets, b_idx, n_idx):
+    """``{(image, location): dice loss}`` of the dynamic heads of the positives ``(b_idx, n_idx)``;
+    the target of each is the mask of the ground truth it was assigned."""
+    locations, levels = np.asarray(model.locations), np.asarray(model.levels)
+    matched = numpy_matched_gt(model, y, box_targets, b_idx, n_idx)
+    gts = [y["masks"][b, m] for b, m in zip(b_idx, matched)]
     logits = numpy_dynamic_head(out["mask_features"], out["mask_params"][b_idx, n_idx], locations[n_idx],
                                 levels[n_idx], b_idx)
     dice = numpy_dice(np.stack(gts), 1 / (1 + np.exp(-logits)))
@@ -463,77 +479,13 @@ def test_trainer_step_under_xla_and_mirrored_equals_hand_written_step(tmp_path):
     """``tests/models/trainer_steps.py`` in a fresh process (2 logical CPUs): one Trainer step
     with XLA on batch A, and one under MirroredStrategy on [A, A], against an eager
     GradientTape SGD step on A (see that file for why [A, A] on 2 replicas must equal A)."""
-    result = run_module_for_json("tests.models.trainer_steps", tmp_path / "steps.json", timeout=600,
-                                 args=["tests.models.test_condinst"])
-    assert result["replicas"] == 2 and 0 < result["positives"] <= 64
-    losses = result["losses"]
-    assert np.isfinite(losses["reference"]) and losses["reference"] > 0
-    assert losses["xla"] == pytest.approx(losses["reference_xla"], rel=1e-4)
-    assert losses["mirrored"] == pytest.approx(losses["reference"], rel=1e-4)
+    result = run_and_check(tmp_path, "tests.models.test_condinst")
+    assert 0 < result["positives"] <= 64
     # the step reaches every weight but the per-level box scales (ReLU(s x) is 0 at every
     # positive at this initialisation, or the level has no positive)
     assert all(path.startswith("fcos_head/scale") for path in result["unmoved"]), result["unmoved"]
-    for name in ("xla", "mirrored"):
-        assert result["weight_difference"][name] < 1e-4, name
-        assert result["state_difference"][name] < 1e-4, name
-
-
-def numpy_resize_bilinear(image, height, width):
-    """``tf.image.resize(..., "bilinear")`` (half-pixel centres, no antialiasing) of a 2-D map."""
-    image = np.asarray(image, np.float64)
-
-    def axis(values, size):
-        positions = (np.arange(size) + 0.5) * len(values) / size - 0.5
-        return np.interp(positions, np.arange(len(values)), values)  # clamps at the edges
-
-    rows = np.apply_along_axis(axis, 0, image, height)
-    return np.apply_along_axis(axis, 1, rows, width)
-
-
-def numpy_masks_to_original(masks, original_size, image_size=SIZE):
-    """Model-frame 0/1 masks [N, S, S] -> crop to the resized image, bilinear resize to the
-    original (H, W), values (thresholded at 0.5 by the caller)."""
-    h, w = original_size
-    scale = min(image_size / h, image_size / w)
-    new_h, new_w = int(np.round(h * scale)), int(np.round(w * scale))
-    return np.stack([numpy_resize_bilinear(m[:new_h, :new_w], h, w) for m in masks]), scale
 
 
 @pytest.mark.tensorflow_only
 def test_export_reload_same_boxes_and_masks_at_the_original_size(model, tmp_path):
-    import tensorflow as tf
-
-    from keras_cvx.data.transforms import resize_and_pad
-    from keras_cvx.export.saved_model import export_saved_model
-
-    rng = np.random.default_rng(8)
-    originals = [rng.integers(0, 256, (40, 56, 3)).astype("uint8"), rng.integers(0, 256, (64, 48, 3)).astype("uint8")]
-    path = export_saved_model(model, str(tmp_path / "condinst" / "1"), (SIZE, SIZE), normalized_coordinates=False)
-    loaded = tf.saved_model.load(path)
-    same_size = np.stack([originals[0], originals[0][::-1]])
-    served = {k: v.numpy() for k, v in loaded.signatures["serving_default"](images=tf.constant(same_size)).items()}
-    encoded = [tf.io.encode_png(image) for image in originals]
-    served_bytes = {k: v.numpy() for k, v in loaded.signatures["image_bytes"](image_bytes=tf.stack(encoded)).items()}
-    assert served["detection_masks"].shape == (2, 10, 40, 56)
-    assert served_bytes["detection_masks"].shape == (2, 10, 64, 56)  # the batch's largest H and W
-    cases = [(served, 0, same_size[0]), (served, 1, same_size[1]), (served_bytes, 0, originals[0]),
-             (served_bytes, 1, originals[1])]
-    for out, b, image in cases:
-        padded, _ = resize_and_pad(image, (SIZE, SIZE))
-        expected = to_numpy(model.predict_step(padded.numpy()[None]))
-        n = expected["num_detections"][0]
-        assert n > 0 and out["num_detections"][b] == n
-        resized, scale = numpy_masks_to_original(expected["masks"][0, :n], image.shape[:2])
-        h, w = image.shape[:2]
-        x1, y1, x2, y2 = (expected["boxes"][0, :n] / scale).T
-        boxes = np.stack([np.clip(y1, 0, h), np.clip(x1, 0, w), np.clip(y2, 0, h), np.clip(x2, 0, w)], -1)
-        np.testing.assert_allclose(out["detection_boxes"][b, :n], boxes, atol=1e-3)
-        np.testing.assert_allclose(out["detection_scores"][b, :n], expected["scores"][0, :n], atol=1e-5)
-        masks = out["detection_masks"][b]
-        assert set(np.unique(masks)) <= {0.0, 1.0}
-        away = np.abs(resized - 0.5) > 1e-4  # pixels exactly between two mask values may round either way
-        np.testing.assert_array_equal(masks[:n, :h, :w][away], (resized >= 0.5)[away])
-        assert away.mean() > 0.95 and masks[:n].any()
-        assert not masks[n:].any() and not masks[:, h:].any() and not masks[:, :, w:].any()
-    with pytest.raises(ValueError, match="mask_resolution"):
-        export_saved_model(model, str(tmp_path / "bad"), (SIZE, SIZE), mask_resolution="input")
+    check_export_of_full_image_masks(model, tmp_path, SIZE)

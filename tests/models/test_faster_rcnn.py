@@ -21,8 +21,8 @@ from keras_cvx.layers.rcnn_decoder import RCNNDecoder
 from keras_cvx.models.faster_rcnn import FasterRCNN
 from keras_cvx.models.label_encoders import RoISampler, RPNLabelEncoder
 from keras_cvx.models.necks.fpn import FeaturePyramid
-from tests.fresh_process import run_module_for_json
 from tests.models.test_condinst import tiny_backbone
+from tests.models.trainer_steps import run_and_check
 
 SIZE = 64
 NUM_CLASSES = 3
@@ -270,15 +270,8 @@ def test_trainer_step_under_xla_and_mirrored_equals_hand_written_step(tmp_path):
     """``tests/models/trainer_steps.py`` in a fresh process (2 logical CPUs): one Trainer step of the
     model (sibling head; TSD's gradient paths are tested above) with XLA on batch A, and one under MirroredStrategy on [A, A], against an eager
     GradientTape SGD step on A."""
-    result = run_module_for_json("tests.models.trainer_steps", tmp_path / "steps.json", timeout=600,
-                                 args=["tests.models.test_faster_rcnn"])
-    assert result["replicas"] == 2
-    losses = result["losses"]
-    assert np.isfinite(losses["reference"]) and losses["reference"] > 0
-    assert losses["xla"] == pytest.approx(losses["reference_xla"], rel=1e-4)
-    assert losses["mirrored"] == pytest.approx(losses["reference"], rel=1e-4)
-    for name in ("xla", "mirrored"):
-        assert result["weight_difference"][name] < 1e-4, name
+    run_and_check(tmp_path, "tests.models.test_faster_rcnn")
+
 
 
 @pytest.mark.tensorflow_only

@@ -117,5 +117,27 @@ def main(out_path, test_module):
                    "replicas": replicas, "positives": positives}, f)
 
 
+def run_and_check(tmp_path, test_module, tolerance=1e-4):
+    """Runs this script for ``test_module`` in a fresh process and asserts what every detector's
+    step must give: 2 replicas; a finite positive loss; the XLA step's loss, weights and
+    BatchNorm state equal to the XLA-compiled reference's and the Mirrored step's to the eager
+    reference's (relative ``tolerance``). Returns the result for the model's own checks."""
+    import pytest
+
+    from tests.fresh_process import run_module_for_json
+
+    result = run_module_for_json("tests.models.trainer_steps", tmp_path / "steps.json", timeout=600,
+                                 args=[test_module])
+    assert result["replicas"] == 2
+    losses = result["losses"]
+    assert np.isfinite(losses["reference"]) and losses["reference"] > 0
+    assert losses["xla"] == pytest.approx(losses["reference_xla"], rel=tolerance)
+    assert losses["mirrored"] == pytest.approx(losses["reference"], rel=tolerance)
+    for name in ("xla", "mirrored"):
+        assert result["weight_difference"][name] < tolerance, name
+        assert result["state_difference"][name] < tolerance, name
+    return result
+
+
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])

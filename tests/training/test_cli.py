@@ -15,7 +15,8 @@ from tests.training.test_trainer import ToyClassifier, run_python
 
 def test_defaults_and_flags():
     args = make_parser().parse_args([])
-    assert (args.strategy, args.jit_compile, args.mixed_precision, args.resume) == ("default", True, "none", True)
+    assert (args.strategy, args.jit_compile, args.mixed_precision, args.resume) == ("default", "auto", "none", True)
+    assert make_parser().parse_args(["--jit-compile"]).jit_compile is True
     args = make_parser(batch_size=16).parse_args(
         ["--strategy", "mirrored", "--no-jit-compile", "--mixed-precision", "mixed_bfloat16", "--steps", "30",
          "--model-dir", "run", "--no-resume", "--learning-rate", "0.02", "--warmup-steps", "5",

@@ -431,3 +431,30 @@ def test_rejects_dataset_without_static_batch_and_bad_arguments():
     )
     with pytest.raises(ValueError, match="unknown dimensions"):
         unbuilt.fit(ragged_sizes, 1)
+
+
+def test_jit_compile_auto_follows_the_device_and_the_models_cpu_preference(monkeypatch):
+    """``jit_compile="auto"``: XLA on a GPU/TPU; on a CPU the model class's ``xla_on_cpu``
+    (True without one); explicit bools win; anything else is an error naming the argument."""
+    from keras_cvx.models.condinst import CondInst
+    from keras_cvx.models.faster_rcnn import FasterRCNN
+    from keras_cvx.models.ssd_net import SSDNet
+    from keras_cvx.training.trainer import use_xla
+
+    class PrefersGraphs(ToyClassifier):
+        xla_on_cpu = False
+
+    x, _ = toy_data(8)
+    plain, graphs = make_model(x), PrefersGraphs()
+    assert not tf.config.list_logical_devices("GPU")  # this suite runs on CPUs
+    assert Trainer(plain, keras.optimizers.SGD(0.1), verbose=0).jit_compile is True
+    assert Trainer(graphs, keras.optimizers.SGD(0.1), verbose=0).jit_compile is False
+    assert Trainer(graphs, keras.optimizers.SGD(0.1), jit_compile=True, verbose=0).jit_compile is True
+    assert Trainer(plain, keras.optimizers.SGD(0.1), jit_compile=False, verbose=0).jit_compile is False
+    # the measured CPU preferences of the shipped detectors (see their xla_on_cpu docstrings)
+    assert (SSDNet.xla_on_cpu, CondInst.xla_on_cpu, FasterRCNN.xla_on_cpu) == (False, False, True)
+    real = tf.config.list_logical_devices
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else real(kind))
+    assert use_xla("auto", graphs) is True
+    with pytest.raises(ValueError, match="jit_compile"):
+        use_xla("yes", plain)
