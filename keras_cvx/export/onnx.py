@@ -12,7 +12,8 @@ graph:
   inside the graph, the whole batch in one ``Resize``. The batch is cast to float32 before
   the resize (ONNX's ``Resize`` of uint8 returns uint8, rounded); the values are those of
   TensorFlow's resize of the uint8 images.
-- detectors (models whose class defines ``predict_step``, as ``SSDNet``, ``CondInst`` and ``FasterRCNN``):
+- detectors (models whose class defines ``predict_step``, as ``SSDNet``, ``CondInst``, ``PointINS`` and
+  ``FasterRCNN``):
   ``detection_boxes`` float32 ``[B, N, 4]`` (``[ymin, xmin, ymax, xmax]``, normalised to
   ``[0, 1]`` by the original image size unless ``normalized_coordinates=False``),
   ``detection_scores`` float32 ``[B, N]``, ``detection_classes`` float32 ``[B, N]`` (-1 on
@@ -49,9 +50,11 @@ synthetic images, batch 1 and 5) against the SavedModel's ``serving_default`` fu
 against eager ``predict_step``: SSD-NET boxes within 1.8e-6 (normalised coordinates: a
 fraction of the image size) and scores within 1.1e-5, CondInst boxes and scores within 1.2e-7,
 Faster R-CNN (sibling head) boxes within 1.8e-7 and scores within 3e-8 (the TSD head's
-deformable pooling converts too: the same counts, scores within 6e-8, checked by hand), the
-same classes, counts and masks; classifiers' outputs within 1.2e-5 of their largest
-value. Two detections whose scores are closer than that difference may come out in the
+deformable pooling converts too: the same counts, scores within 6e-8, checked by hand),
+PointINS (RetinaNet) boxes within 1.2e-7 and scores within 6e-8, the same classes, counts and
+masks (PointINS: all but 3.8e-5 of the mask pixels, whose pasted probabilities -- two
+matmuls -- lie within a rounding of the 0.5 threshold); classifiers' outputs within 1.2e-5 of
+their largest value. Two detections whose scores are closer than that difference may come out in the
 other order, and a score or an IoU that close to a threshold may go either way, as between
 two TensorFlow builds. A ``mixed_float16`` model converts (float16 inside, float32 outputs)
 and agrees to float16 precision.
@@ -212,7 +215,7 @@ def export_onnx(model, path, image_size=None, normalized_coordinates=True, mask_
     ``serving_default`` (see the module docstring) and returns ``path``.
 
     Args:
-        model: a built keras_cvx detector (``SSDNet``, ``CondInst``, ``FasterRCNN``: any model whose
+        model: a built keras_cvx detector (``SSDNet``, ``CondInst``, ``PointINS``, ``FasterRCNN``: any model whose
             ``predict_step(images)`` follows the keras_cvx detection contract) or a built
             classifier (one output ``[B, K]``, a fixed input size).
         path: the ``.onnx`` file to write (its folder is created).

@@ -200,7 +200,8 @@ class SSDNet(keras.Model):
 
     xla_on_cpu = False
     """The ``Trainer``'s ``jit_compile="auto"`` trains without XLA on a CPU: SSD300's step at batch 2
-    takes 1.69 s without XLA and 2.24 s with it on 2 AVX-512 cores (``benchmarks/ssd_net.py``)."""
+    took 1.69-2.19 s without XLA and 2.24-2.74 s with it in separate runs on 2 AVX-512 cores, and
+    2.92 s vs 2.96 s in one interleaved ``benchmarks/ssd_net.py`` run: never slower without."""
 
     def __init__(
         self,

@@ -62,7 +62,8 @@ XLA (``jit_compile``, default ``"auto"``): on a GPU or TPU the forward+backward 
 XLA. On a CPU it is compiled unless the model's class says ``xla_on_cpu = False``, which the
 keras_cvx models set from measurements on a 2-core AVX-512 Xeon, where TensorFlow's oneDNN
 convolution kernels beat XLA's CPU convolution gradients for convolution-bound models (SSD300
-train step at batch 2: 1.69 s without XLA, 2.24 s with; CondInst 0.80-0.91x with XLA), while
+train step at batch 2: 1.69-2.19 s without XLA, 2.24-2.74 s with, in separate runs, and on par
+in one interleaved benchmark; CondInst 0.80-0.91x with XLA), while
 gather-heavy or small models gain from XLA (Faster R-CNN 1.12x, with TSD 2.08x; a small conv
 classifier 2.0x). ``benchmarks/ssd_net.py``, ``benchmarks/condinst.py`` and
 ``benchmarks/faster_rcnn.py`` measure it on your machine; ``jit_compile=True``/``False`` forces it.
