@@ -30,7 +30,7 @@ from tests.losses.test_focal import numpy_focal
 from tests.models.instance_export import check_export_of_full_image_masks
 from tests.models.label_encoders.test_retinanet import numpy_retinanet_targets
 from tests.models.test_condinst import NUM_CLASSES, SIZE, numpy_fcos_loss, numpy_matched_gt, run, tiny_backbone
-from tests.models.test_condinst import tiny_data  # noqa: F401  (tests.models.trainer_steps reads it here)
+from tests.models.test_condinst import tiny_data as ellipse_data
 from tests.models.trainer_steps import run_and_check
 from tests.ops.test_masks import numpy_crop_averages, numpy_paste
 
@@ -40,7 +40,7 @@ MAX_PROPOSALS = 128
 def tiny_model(seed=0, max_detections=10, detector="fcos", **kwargs):
     """A PointINS of 64x64 inputs (86 FCOS locations, or 774 RetinaNet anchors); class logits
     biased to 0 so that untrained detections pass the 0.05 threshold, FCOS box distances of about
-    one stride, and larger instance-conv
+    one stride, a RetinaNet box tower of unit scale, and larger instance-conv
     and mask-predictor weights so that the untrained masks are not all near probability 0.5."""
     keras.utils.set_random_seed(seed)
     kwargs.setdefault("backbone", tiny_backbone())
@@ -56,10 +56,27 @@ def tiny_model(seed=0, max_detections=10, detector="fcos", **kwargs):
     model.head.class_conv.bias.assign(np.zeros(model.head.class_conv.bias.shape, "float32"))
     if fcos:  # boxes of about 2 x 2 strides rather than points
         model.head.box_conv.bias.assign(np.ones(4, "float32"))
+    else:  # a box tower of unit scale (RetinaNet's has no normalisation: N(0, 0.01) gives ~1e-3)
+        for conv in model.head.box_subnet:
+            conv.kernel.assign(rng.normal(0, 0.5, conv.kernel.shape).astype("float32"))
     conv = model.instance_conv
     for weight in (conv.template_kernel, conv.weights_kernel, model.mask_head.predictor.kernel):
         weight.assign(rng.normal(0, 0.3, weight.shape).astype("float32"))
     return model
+
+
+def tiny_data(batch=2, seed=0):
+    """CondInst's test data with the masks made different in their boxes' frame (PointINS's
+    targets are masks cropped to their box): instance 0 keeps its ellipse, instance 1 only its
+    left half, instance 2 only its top half."""
+    images, y = ellipse_data(batch, seed)
+    cells = (np.arange(SIZE // 4) * 4.0 + 2.0)  # stride-4 cell centres
+    for b in range(batch):
+        x1, y1, x2, y2 = y["boxes"][b, 1]
+        y["masks"][b, 1] *= (cells[None, :] < (x1 + x2) / 2).astype("uint8")
+        x1, y1, x2, y2 = y["boxes"][b, 2]
+        y["masks"][b, 2] *= (cells[:, None] < (y1 + y2) / 2).astype("uint8")
+    return images, y
 
 
 @pytest.fixture(scope="module")
