@@ -83,11 +83,10 @@ from keras_cvx.models.anchor_generators.fcos import FCOSLocations
 from keras_cvx.models.detector_parts import (
     IMAGENET_MEAN,
     check_instance_targets,
-    decoding_predict_step,
+    Detector,
     deserialize_part,
     detector_backbone,
     detector_image_size,
-    summed_loss_terms,
 )
 from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder, mask_centers
 from keras_cvx.models.necks.fpn import FeaturePyramid
@@ -100,7 +99,7 @@ LOSS_NAMES = ("loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_sem")
 
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
-class CondInst(keras.Model):
+class CondInst(Detector):
     """CondInst instance segmentation model (see the module docstring).
 
     Paper: "Conditional Convolutions for Instance Segmentation", arXiv 2003.05664.
@@ -324,12 +323,6 @@ class CondInst(keras.Model):
             terms["loss_sem"] = replica_share(total / ops.maximum(ops.sum(semantic), 1.0))
         return terms
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The sum of ``loss_terms`` (module docstring); each term also updates the Keras metric of
-        its name. Under a ``tf.distribute`` strategy this is the replica's share of the
-        global-batch loss."""
-        return summed_loss_terms(self, x, y, y_pred, sample_weight, training)
-
     # ------------------------------------------------------------------ inference
 
     def fcos_detections(self, predictions):
@@ -360,11 +353,6 @@ class CondInst(keras.Model):
         detections["masks"] = ops.cast(masks, "uint8")
         detections["boxes"] = clip_boxes(detections["boxes"], self.image_size)
         return detections
-
-    def predict_step(self, *args):
-        """``predict_step(images)`` -> ``decode(self(images, training=False))`` (also Keras's
-        JAX ``predict_step(state, data)``)."""
-        return decoding_predict_step(self, args)
 
     def get_config(self):
         config = super().get_config()

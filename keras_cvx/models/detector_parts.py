@@ -1,7 +1,7 @@
 """What the detectors (``SSDNet``, ``FasterRCNN``, ``CondInst``, ``PointINS``) share: the input
 size check, named ResNet backbones, parts given as objects, serialized dicts or ``None`` (the
-default part), the instance-segmentation targets check, ``compute_loss`` as the sum of the
-model's ``loss_terms``, and ``predict_step`` = ``decode(call(images))``."""
+default part), the instance-segmentation targets check, and the ``Detector`` base class
+(``predict_step`` = ``decode(call(images))``, ``compute_loss`` = the sum of ``loss_terms``)."""
 
 import keras
 import numpy as np
@@ -107,3 +107,21 @@ def summed_loss_terms(model, x, y, y_pred, sample_weight, training):
         if tracker.name in terms:
             tracker.update_state(terms[tracker.name])
     return ops.sum(ops.stack(list(terms.values())))
+
+
+class Detector(keras.Model):
+    """Base class of the keras_cvx detectors (``SSDNet``, ``CondInst``, ``FasterRCNN``,
+    ``PointINS``): subclasses define ``call``, ``decode`` and either ``loss_terms(y, y_pred,
+    sample_weight) -> dict`` (with ``loss_trackers``) or their own ``compute_loss``.
+
+    * ``predict_step(images)`` -> ``decode(self(images, training=False))`` (also Keras's JAX
+      ``predict_step(state, data)``): the detection contract.
+    * ``compute_loss(x, y, y_pred, sample_weight, training)`` -> the sum of ``loss_terms``
+      (``summed_loss_terms``).
+    """
+
+    def predict_step(self, *args):
+        return decoding_predict_step(self, args)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return summed_loss_terms(self, x, y, y_pred, sample_weight, training)

@@ -89,11 +89,10 @@ from keras_cvx.losses.replicas import replica_share
 from keras_cvx.models.anchor_generators.fpn import FPNAnchorGenerator
 from keras_cvx.models.detector_parts import (
     IMAGENET_MEAN,
-    decoding_predict_step,
+    Detector,
     deserialize_part,
     detector_backbone,
     detector_image_size,
-    summed_loss_terms,
 )
 from keras_cvx.models.label_encoders.roi import RoISampler
 from keras_cvx.models.label_encoders.rpn import RPNLabelEncoder
@@ -124,7 +123,7 @@ def _per_class(deltas, labels):
 
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
-class FasterRCNN(keras.Model):
+class FasterRCNN(Detector):
     """Faster R-CNN + FPN with a sibling or TSD box head (see the module docstring).
 
     Papers: Faster R-CNN (arXiv 1506.01497), FPN (arXiv 1612.03144), TSD (arXiv 2003.07540),
@@ -404,12 +403,6 @@ class FasterRCNN(keras.Model):
                     sibling_boxes, tsd_boxes, sample["matched_boxes"], roi_weight * ops.cast(positive, "float32"),
                     self.localization_margin))}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The sum of ``loss_terms`` (module docstring); each term also updates the Keras metric of
-        its name. Under a ``tf.distribute`` strategy this is the replica's share of the
-        global-batch loss."""
-        return summed_loss_terms(self, x, y, y_pred, sample_weight, training)
-
     # ------------------------------------------------------------------ inference
 
     def decode(self, predictions):
@@ -419,11 +412,6 @@ class FasterRCNN(keras.Model):
         rois = head["shifted_proposals"] if self.is_tsd else proposals
         return self.decoder(head["class_logits"], head["box_deltas"], rois, predictions["proposal_valid"],
                             image_size=self.image_size)
-
-    def predict_step(self, *args):
-        """``predict_step(images)`` -> ``decode(self(images, training=False))`` (also Keras's
-        JAX ``predict_step(state, data)``)."""
-        return decoding_predict_step(self, args)
 
     def get_config(self):
         config = super().get_config()

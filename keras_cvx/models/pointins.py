@@ -74,11 +74,10 @@ from keras_cvx.models.anchor_generators.fpn import FPNAnchorGenerator
 from keras_cvx.models.detector_parts import (
     IMAGENET_MEAN,
     check_instance_targets,
-    decoding_predict_step,
+    Detector,
     deserialize_part,
     detector_backbone,
     detector_image_size,
-    summed_loss_terms,
 )
 from keras_cvx.models.label_encoders.fcos import FCOSLabelEncoder, mask_centers
 from keras_cvx.models.label_encoders.retinanet import RetinaNetLabelEncoder
@@ -102,7 +101,7 @@ def _retinanet_anchors():
 
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
-class PointINS(keras.Model):
+class PointINS(Detector):
     """PointINS instance segmentation model (see the module docstring).
 
     Paper: "PointINS: Point-based Instance Segmentation", arXiv 2003.06148 (the instance-aware
@@ -334,10 +333,6 @@ class PointINS(keras.Model):
         terms["loss_mask"] = self._mask_loss(y, y_pred, targets, image_weight)
         return terms
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The sum of ``loss_terms``; each term also updates the Keras metric of its name."""
-        return summed_loss_terms(self, x, y, y_pred, sample_weight, training)
-
     # ------------------------------------------------------------------ inference
 
     def detections(self, predictions):
@@ -370,11 +365,6 @@ class PointINS(keras.Model):
         detections["masks"] = ops.cast((full > self.mask_threshold) & valid[:, :, None, None], "uint8")
         detections["boxes"] = boxes
         return detections
-
-    def predict_step(self, *args):
-        """``predict_step(images)`` -> ``decode(self(images, training=False))`` (also Keras's
-        JAX ``predict_step(state, data)``)."""
-        return decoding_predict_step(self, args)
 
     def get_config(self):
         config = super().get_config()

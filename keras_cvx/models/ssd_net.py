@@ -79,7 +79,7 @@ from keras_cvx.models.label_encoders.ssd import SSDLabelEncoder
 from keras_cvx.ops.anchors import SSD_CONFIGS
 from keras_cvx.ops.boxes import clip_boxes
 from keras_cvx.validation import check_labels, require_choice, require_positive, require_positive_int
-from keras_cvx.models.detector_parts import decoding_predict_step
+from keras_cvx.models.detector_parts import Detector
 
 RESNET_BACKBONES = {"resnet10": 10, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 BACKBONES = ("vgg16",) + tuple(RESNET_BACKBONES)
@@ -154,7 +154,7 @@ def _generic_extra_rows(size):
 
 
 @keras.saving.register_keras_serializable(package="keras_cvx")
-class SSDNet(keras.Model):
+class SSDNet(Detector):
     """SSD-NET (NETNet) or plain SSD for ``num_classes`` object classes (see the module docstring).
 
     Args:
@@ -387,11 +387,6 @@ class SSDNet(keras.Model):
         detections = dict(self.decoder(predictions["box_regression"], predictions["class_logits"], self.anchors))
         detections["boxes"] = clip_boxes(detections["boxes"], (self.image_size, self.image_size))
         return detections
-
-    def predict_step(self, *args):
-        """``predict_step(images)`` -> ``decode(self(images, training=False))`` (also Keras's
-        JAX ``predict_step(state, data)``)."""
-        return decoding_predict_step(self, args)
 
     def get_config(self):
         config = super().get_config()
